@@ -1,0 +1,53 @@
+"""Progress reporting usable from every layer: a Rich bar on a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def track(
+    items: Iterable[T],
+    total: int | None = None,
+    desc: str = "",
+    unit: str = "it",
+    console: Any = None,
+    live: bool | None = None,
+    every_s: float = 10.0,
+) -> Iterator[T]:
+    """Yield ``items`` while reporting progress and rate (``unit``/s) on stderr."""
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    if live is None:
+        live = sys.stderr.isatty()
+    if live:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns = [
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+        ]
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task(desc, total=total, rate="")
+            start = time.perf_counter()
+            for i, item in enumerate(items, 1):
+                yield item
+                el = time.perf_counter() - start
+                bar.update(task, advance=1, rate=f"{i / el:.1f} {unit}/s" if el > 0 else "")
+        return
+    start = last = time.perf_counter()
+    i = 0
+    for i, item in enumerate(items, 1):
+        yield item
+        now = time.perf_counter()
+        if now - last >= every_s:
+            last = now
+            of = f"/{total}" if total else ""
+            print(f"{desc}: {i}{of} ({i / (now - start):.1f} {unit}/s)", file=sys.stderr, flush=True)
+    if desc and i:
+        el = time.perf_counter() - start
+        print(f"{desc}: done {i} in {el:.1f}s", file=sys.stderr, flush=True)

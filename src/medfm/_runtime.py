@@ -1,0 +1,56 @@
+"""Runtime choices made once: device, thread count, whether bf16 autocast pays off."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with AMX-BF16 or AVX512-BF16 (bf16 matmul several times fp32)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_threads() -> int:
+    """Threads for torch: ``MEDFM_THREADS``, else ``OMP_NUM_THREADS``, else all cores.
+
+    On a shared 2-core machine two processes each using 2 threads fight (up to 10x slower);
+    set ``MEDFM_THREADS=1`` there.
+    """
+    for var in ("MEDFM_THREADS", "OMP_NUM_THREADS"):
+        if os.environ.get(var, "").isdigit() and int(os.environ[var]) > 0:
+            return int(os.environ[var])
+    return os.cpu_count() or 1
+
+
+def configure_threads(n: int | None = None) -> int:
+    import torch
+
+    n = n or default_threads()
+    torch.set_num_threads(n)
+    return n
+
+
+def autocast_dtype(device: str, precision: str = "auto"):  # -> torch.dtype | None
+    """bf16 on CUDA and on CPUs with fast bf16 unless ``precision='fp32'``; None = no autocast."""
+    import torch
+
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.startswith("cuda") or cpu_has_fast_bf16():
+        return torch.bfloat16
+    return None

@@ -1,0 +1,1 @@
+"""The ``medfm`` command line: thin commands, one library call each."""

@@ -1,0 +1,62 @@
+"""Model cards: what a model is, where its weights come from, how to feed it.
+
+Transforms are derived from ``Preprocess``; configs never retype mean/std or sizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+CAPABILITIES = frozenset({"image_encoder", "text_encoder", "segmenter", "generator"})
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Input preparation: resize to ``size`` (H, W), channels, [0,1] scaling then mean/std.
+
+    ``resize`` is "resize" (straight), "shortest_crop" (short side then centre crop) or
+    "longest_pad" (longest side then pad, SAM). ``window`` = (center, width) for CT in HU.
+    ``scale`` is "unit" (divide by the dtype/intensity range into [0, 1]) or "minmax"
+    (per-image min-max, MedSAM).
+    """
+
+    size: tuple[int, int] = (224, 224)
+    channels: int = 3
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    resize: str = "resize"
+    interpolation: str = "bicubic"
+    scale: str = "unit"
+    window: tuple[float, float] | None = None
+    crop_size: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A model the zoo can build.
+
+    ``id`` is ``family/name``; ``source`` a hub id (``org/repo``), ``hf-hub:org/repo`` for
+    open_clip, a URL, or ``None`` for random-init test models; ``revision`` pins a hub commit.
+    """
+
+    id: str
+    backend: str
+    source: str | None
+    license: str
+    capabilities: frozenset[str]
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    embed_dim: int | None = None
+    modalities: tuple[str, ...] = ()
+    gated: bool = False
+    revision: str | None = None
+    arch: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        unknown = set(self.capabilities) - CAPABILITIES
+        if unknown:
+            raise ValueError(f"model card {self.id}: unknown capabilities {sorted(unknown)}")
+        if "/" not in self.id:
+            raise ValueError(f"model card id must be 'family/name', got {self.id!r}")

@@ -1,0 +1,67 @@
+"""Registry, config round trips, results files, output folders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from medfm._config import from_dict, to_dict
+from medfm._paths import atomic_path, prepare_out_dir
+from medfm._registry import Registry
+from medfm.errors import ConfigError, OutputError
+from medfm.results import MetricValue, Record, read_results, write_results
+
+
+def test_registry_refuses_duplicates_and_suggests() -> None:
+    r: Registry[int] = Registry("dataset")
+    r.register("breastmnist", 1)
+    with pytest.raises(ConfigError):
+        r.register("breastmnist", 2)
+    with pytest.raises(ConfigError, match="Did you mean 'breastmnist'"):
+        r.get("breastmnst")
+
+
+@dataclass
+class _Inner:
+    k: int = 1
+
+
+@dataclass
+class _Cfg:
+    name: str = "x"
+    shots: tuple[int, ...] = (1, 2)
+    inner: _Inner = field(default_factory=_Inner)
+    lr: float = 0.1
+
+
+def test_config_round_trip_and_unknown_key() -> None:
+    cfg = _Cfg(name="a", shots=(4, 8), inner=_Inner(3), lr=1)
+    back = from_dict(_Cfg, to_dict(cfg))
+    assert back == _Cfg(name="a", shots=(4, 8), inner=_Inner(3), lr=1.0)
+    with pytest.raises(ConfigError, match="unknown key"):
+        from_dict(_Cfg, {"nmae": "a"})
+
+
+def test_results_round_trip(tmp_path) -> None:
+    rec = Record("breastmnist", "test", "test/tiny", "linear_probe", {"auroc": MetricValue(0.9, 0.85, 0.95)}, shots=4, seed=1, n=156)
+    p = write_results(tmp_path / "results.json", [rec], _Cfg())
+    spec, recs = read_results(p)
+    assert recs[0].metrics["auroc"] == MetricValue(0.9, 0.85, 0.95)
+    assert recs[0].key() == rec.key() and spec["name"] == "x"
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path) -> None:
+    target = tmp_path / "f.txt"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_dir_refuses_non_empty(tmp_path) -> None:
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(OutputError, match="not empty"):
+        prepare_out_dir(tmp_path)
+    prepare_out_dir(tmp_path, force=True)
+    assert (tmp_path / "keep.txt").read_text() == "mine"
