@@ -6,6 +6,15 @@ same order (z, y, x). ``direction`` is the 3x3 matrix whose *columns* are the di
 patient LPS coordinates (DICOM convention), of the array's x, y and z axes, so that a voxel
 at index (z, y, x) lies at ``origin_xyz + direction @ (x*sx, y*sy, z*sz)``. Readers convert to
 this frame; writers restore the source's.
+
+``meta`` keys set by the medfm.io readers (all optional):
+  path, format ("dicom", "dicom-series", "dicom-seg", "nifti", "nrrd", "png", ...);
+  frame: "patient" when spacing/origin/direction place the voxels in patient space, "image"
+  for photos and projection images (then origin/direction are defaults); spacing_known:
+  False when spacing is 1 pixel, not mm; window: default (center, width) or None; windows:
+  {name: (center, width)}; DICOM: sop_instance_uids / files (along z), series_instance_uid,
+  frame_of_reference_uid; NIfTI: nifti (source affine and header codes, for write_nifti);
+  DICOM-SEG: segment_names {number: label}.
 """
 
 from __future__ import annotations
