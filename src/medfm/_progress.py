@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -18,9 +18,14 @@ def track(
     console: Any = None,
     live: bool | None = None,
     every_s: float = 10.0,
+    weight: Callable[[T], int] | None = None,
 ) -> Iterator[T]:
-    """Yield ``items`` while reporting progress and rate (``unit``/s) on stderr."""
-    if total is None and hasattr(items, "__len__"):
+    """Yield ``items`` while reporting progress and rate (``unit``/s) on stderr.
+
+    ``weight(item)`` = how many units an item counts for (e.g. images in a batch); ``total``
+    is then in units too.
+    """
+    if total is None and weight is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
     if live is None:
         live = sys.stderr.isatty()
@@ -34,15 +39,19 @@ def track(
         with Progress(*columns, console=console, transient=True) as bar:
             task = bar.add_task(desc, total=total, rate="")
             start = time.perf_counter()
-            for i, item in enumerate(items, 1):
+            i = 0
+            for item in items:
                 yield item
+                step = weight(item) if weight else 1
+                i += step
                 el = time.perf_counter() - start
-                bar.update(task, advance=1, rate=f"{i / el:.1f} {unit}/s" if el > 0 else "")
+                bar.update(task, advance=step, rate=f"{i / el:.1f} {unit}/s" if el > 0 else "")
         return
     start = last = time.perf_counter()
     i = 0
-    for i, item in enumerate(items, 1):
+    for item in items:
         yield item
+        i += weight(item) if weight else 1
         now = time.perf_counter()
         if now - last >= every_s:
             last = now

@@ -3,10 +3,19 @@
 Coordinate frames for promptable segmentation: boxes are (x0, y0, x1, y1) and points (x, y)
 in pixel coordinates of the image given to ``set_image`` (x = column, y = row, origin at the
 top-left pixel's corner); masks come back at that image's (H, W).
+
+Embedding conventions: ``encode_image`` / ``encode_text`` return *unnormalised* float32
+embeddings (N, D) (what linear probes and kNN want). For image-text similarity L2-normalise
+both and multiply by ``logit_scale`` (already exponentiated), adding ``logit_bias`` for
+SigLIP-style models (sigmoid, not softmax); ``similarity_logits`` does exactly that.
+Precision: forwards run under bf16 autocast when ``medfm._runtime.autocast_dtype(device,
+precision)`` says so (``precision`` "auto" | "bf16" | "fp32"); outputs are float32.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from medfm.errors import ConfigError
@@ -27,10 +36,40 @@ class ModelAdapter:
     card: ModelCard
     device: str
     weights_hash: str | None = None
+    precision: str = "auto"
+    #: exponentiated temperature of CLIP-like models (None when the model has none)
+    logit_scale: float | None = None
+    #: SigLIP's additive bias on the logits (None elsewhere)
+    logit_bias: float | None = None
+    #: where the weights came from (a folder, a file, or "random-init")
+    weights_source: str | None = None
 
     def __init__(self, card: ModelCard, device: str = "cpu") -> None:
         self.card = card
         self.device = device
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self.card.id!r}, device={self.device!r}, weights={self.weights_source!r})"
+
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        """``torch.inference_mode`` plus bf16 autocast when ``precision`` / the hardware call for it."""
+        import torch
+
+        from medfm._runtime import autocast_dtype
+
+        dtype = autocast_dtype(self.device, self.precision)
+        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        with torch.inference_mode(), torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            yield
+
+    def similarity_logits(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """(N, D) image and (M, D) text embeddings -> (N, M) logits: scale * cosine (+ bias)."""
+        import torch.nn.functional as F
+
+        logits = F.normalize(image_emb.float(), dim=-1) @ F.normalize(text_emb.float(), dim=-1).T
+        logits = logits * (self.logit_scale if self.logit_scale is not None else 1.0)
+        return logits + self.logit_bias if self.logit_bias is not None else logits
 
     # -- capability checks -------------------------------------------------------------
     def require(self, capability: str, for_what: str) -> None:
@@ -40,8 +79,14 @@ class ModelAdapter:
 
     # -- image encoder -----------------------------------------------------------------
     def preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
-        """Arrays (C, H, W) or (H, W) in source intensities -> model-ready batch (N, C, H, W)."""
-        raise NotImplementedError
+        """Arrays (C, H, W) or (H, W) in source intensities -> model-ready batch (N, C, H, W).
+
+        Derived from ``card.preprocess`` (see ``medfm.models.transforms`` for the exact steps);
+        wrong channel counts and 3D volumes raise ``InputError``. Returned on the CPU.
+        """
+        from medfm.models.transforms import prepare_batch
+
+        return prepare_batch(images, self.card.preprocess)
 
     def encode_image(self, batch: torch.Tensor) -> torch.Tensor:
         """Preprocessed batch (N, C, H, W) -> embeddings (N, D)."""

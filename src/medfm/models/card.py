@@ -30,6 +30,14 @@ class Preprocess:
     scale: str = "unit"
     window: tuple[float, float] | None = None
     crop_size: tuple[int, int] | None = None
+    pad_square: bool = False  # zero-pad to a square before resizing (MedSigLIP's training recipe)
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """(H, W) of the model-ready tensor: ``crop_size`` for "shortest_crop", else ``size``."""
+        if self.resize == "shortest_crop" and self.crop_size is not None:
+            return tuple(self.crop_size)  # type: ignore[return-value]
+        return tuple(self.size)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,14 @@ class ModelCard:
     arch: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    # text side (CLIP-like models): tokens per prompt and the prompt templates used for
+    # zero-shot classification ("{}" is replaced by the class name).
+    context_length: int | None = None
+    prompt_templates: tuple[str, ...] = ("a photo of {}.",)
+    citation: str = ""
+    # other hub repositories the model reads at load time (e.g. BiomedCLIP's text tokenizer):
+    # ``medfm models pull`` fetches them too so that loading works offline afterwards.
+    extra_repos: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = set(self.capabilities) - CAPABILITIES
@@ -60,3 +76,17 @@ class ModelCard:
             raise ValueError(f"model card {self.id}: unknown capabilities {sorted(unknown)}")
         if "/" not in self.id:
             raise ValueError(f"model card id must be 'family/name', got {self.id!r}")
+
+
+def card_to_dict(card: ModelCard) -> dict[str, Any]:
+    """JSON-ready dict of ``card`` (the ``model_card.json`` of a saved model folder)."""
+    from medfm._config import to_dict
+
+    return to_dict(card)
+
+
+def card_from_dict(data: dict[str, Any], where: str = "model card") -> ModelCard:
+    """Inverse of :func:`card_to_dict`; unknown keys raise ConfigError naming ``where``."""
+    from medfm._config import from_dict
+
+    return from_dict(ModelCard, dict(data), where=where)

@@ -1,0 +1,119 @@
+"""Batched embeddings and the resumable, content-keyed embedding cache."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medfm.errors import ConfigError
+from medfm.models import create_model
+from medfm.models import embed as embed_mod
+from medfm.models.adapters._common import save_module
+from medfm.models.embed import EmbeddingCache, embed_arrays, embed_cached
+
+
+@pytest.fixture(scope="module")
+def model():
+    return create_model("test/vit-tiny-timm", device="cpu", precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (50, 1, 28, 28), dtype=np.uint8)
+
+
+def test_embed_arrays_matches_direct_forward_any_batch_size(model, images) -> None:
+    ref = model.encode_image(model.preprocess(list(images))).numpy()
+    for bs in (1, 7, 64):
+        out = embed_arrays(model, images, batch_size=bs, progress=False)
+        assert out.shape == (50, 32) and out.dtype == np.float32
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+    assert embed_arrays(model, images[:0], progress=False).shape == (0, 32)
+    assert embed_arrays(model, [images[0][0], images[1]], progress=False).shape == (2, 32)
+
+
+def test_bf16_close_to_fp32(model, images) -> None:
+    a = embed_arrays(model, images, precision="fp32", progress=False)
+    b = embed_arrays(model, images, precision="bf16", progress=False)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.99 and model.precision == "fp32"  # override is per call
+
+
+def test_errors_surface_from_preprocessing_thread(model) -> None:
+    from medfm.errors import InputError
+
+    with pytest.raises(InputError):
+        embed_arrays(model, [np.zeros((5, 8, 8), np.uint8)] * 3, batch_size=1, progress=False)
+    with pytest.raises(ConfigError):
+        embed_arrays(create_model("test/sam-tiny"), [np.zeros((8, 8))], progress=False)
+
+
+def test_cache_miss_then_hit(model, images, tmp_path: Path) -> None:
+    cache = EmbeddingCache(tmp_path)
+    a = embed_cached(model, images, "data-v1", cache=cache, chunk_size=16, progress=False)
+    assert cache.last.chunks_computed == 4 and cache.last.chunks_hit == 0
+    b = embed_cached(model, images, "data-v1", cache=cache, chunk_size=16, progress=False)
+    assert cache.last.chunks_hit == 4 and cache.last.chunks_computed == 0
+    np.testing.assert_array_equal(a, b)
+    embed_cached(model, images, "data-v2", cache=cache, chunk_size=16, progress=False)
+    assert cache.last.chunks_computed == 4  # other data, other key
+
+
+def test_cache_invalidated_by_weights_and_preprocessing(model, images, tmp_path: Path) -> None:
+    cache = EmbeddingCache(tmp_path)
+    embed_cached(model, images, "d", cache=cache, progress=False)
+    key0 = cache.last.key
+    card = model.card
+    changed = create_model("test/vit-tiny-timm", device="cpu", precision="fp32")
+    with torch.no_grad():
+        next(changed.tower.parameters()).add_(1.0)
+    save_module(changed.tower, tmp_path / "w.safetensors")
+    reloaded = create_model("test/vit-tiny-timm", weights=tmp_path / "w.safetensors", device="cpu", precision="fp32")
+    assert reloaded.weights_hash != model.weights_hash
+    embed_cached(reloaded, images, "d", cache=cache, progress=False)
+    assert cache.last.chunks_computed == 1 and cache.last.key != key0
+    other_pp = create_model("test/vit-tiny-timm", device="cpu", precision="fp32")
+    other_pp.card = dataclasses.replace(card, preprocess=dataclasses.replace(card.preprocess, mean=(0.5, 0.5, 0.5)))
+    embed_cached(other_pp, images, "d", cache=cache, progress=False)
+    assert cache.last.chunks_computed == 1 and cache.last.key != key0
+    bf16 = embed_cached(model, images, "d", cache=cache, precision="bf16", progress=False)
+    assert cache.last.chunks_computed == 1 and bf16.shape == (50, 32)
+
+
+def test_truncated_or_corrupt_chunk_is_recomputed(model, images, tmp_path: Path) -> None:
+    cache = EmbeddingCache(tmp_path)
+    ref = embed_cached(model, images, "d", cache=cache, chunk_size=20, progress=False)
+    entry = Path(cache.last.path)
+    chunk = entry / "chunk-000001.npy"
+    chunk.write_bytes(chunk.read_bytes()[:100])  # truncated
+    data = bytearray((entry / "chunk-000002.npy").read_bytes())
+    data[-3] ^= 0xFF  # one flipped byte in the values
+    (entry / "chunk-000002.npy").write_bytes(bytes(data))
+    out = embed_cached(model, images, "d", cache=cache, chunk_size=20, progress=False)
+    assert cache.last.chunks_hit == 1 and cache.last.chunks_computed == 2 and cache.last.chunks_corrupt == [1, 2]
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_interrupted_run_resumes_where_it_stopped(model, images, tmp_path: Path, monkeypatch) -> None:
+    cache = EmbeddingCache(tmp_path)
+    real = embed_mod.embed_arrays
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(embed_mod, "embed_arrays", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        embed_cached(model, images, "d", cache=cache, chunk_size=10, progress=False)
+    monkeypatch.setattr(embed_mod, "embed_arrays", real)
+    out = embed_cached(model, images, "d", cache=cache, chunk_size=10, progress=False)
+    assert cache.last.chunks_hit == 2 and cache.last.chunks_computed == 3
+    np.testing.assert_allclose(out, real(model, images, progress=False), rtol=1e-5, atol=1e-6)
+    assert not list(Path(cache.last.path).glob("*.part"))  # no temp files left behind
