@@ -24,6 +24,7 @@ EXTRAS: dict[str, str] = {
     "gdcm": "codecs",
     "pylibjpeg": "codecs",
     "ray": "ray",
+    "lightly": "ssl",
 }
 
 
