@@ -36,7 +36,8 @@ def list_command(json_out: bool = typer.Option(False, "--json", help="Machine-re
     if json_out:
         print_json(rows)
         return
-    table = Table(*(Column(h, overflow="fold") for h in ("id", "backend", "capabilities", "dim", "weights", "license")))
+    # ids never wrap (they are what users copy); the other columns fold to fit narrow terminals
+    table = Table(Column("id", no_wrap=True), *(Column(h, overflow="fold") for h in ("backend", "capabilities", "dim", "weights", "license")))
     for r in rows:
         lic = r["license"] + (" [gated]" if r["gated"] else "")
         table.add_row(r["id"], r["backend"], ",".join(r["capabilities"]), str(r["embed_dim"] or "-"), r["weights"], lic)

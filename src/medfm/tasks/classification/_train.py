@@ -1,0 +1,219 @@
+"""The supervised training loop shared by ``finetune`` and ``scratch``.
+
+Mini-batch training with a per-step learning-rate schedule, validation AUROC after every
+epoch, early stopping, and restoration of the best-validation weights. Inputs stay numpy
+arrays (N, C, ...) until ``to_input`` turns a batch into the model's tensor, so augmentation
+works on raw images and the protocols only differ in ``to_input`` and ``forward``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from medfm.errors import ConfigError
+from medfm.tasks.classification._common import selection_score
+
+AUGMENTS = ("none", "flip", "flip_shift")
+
+
+@dataclass
+class FitResult:
+    """Outcome of ``fit``: best epoch (1-based), per-epoch history, seconds, epochs run."""
+
+    best_epoch: int
+    best_val: float
+    epochs_run: int
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def augment_batch(x: np.ndarray, mode: str, rng: np.random.Generator, shift: int = 2) -> np.ndarray:
+    """Light augmentation on a raw batch (N, C, ...spatial): random left-right flip
+    ("flip"), plus a random shift of up to ``shift`` pixels with edge padding ("flip_shift")."""
+    if mode == "none":
+        return x
+    if mode not in AUGMENTS:
+        raise ConfigError(f"augment must be one of {AUGMENTS}, got '{mode}'")
+    x = x.copy()
+    flip = rng.random(len(x)) < 0.5
+    x[flip] = x[flip][..., ::-1]
+    if mode == "flip_shift":
+        h, w = x.shape[-2:]
+        pad = [(0, 0)] * (x.ndim - 2) + [(shift, shift), (shift, shift)]
+        padded = np.pad(x, pad, mode="edge")
+        offsets = rng.integers(0, 2 * shift + 1, size=(len(x), 2))
+        for i, (dy, dx) in enumerate(offsets):
+            x[i] = padded[i, ..., dy:dy + h, dx:dx + w]
+    return x
+
+
+def lr_lambda_multistep(steps_per_epoch: int, epochs: int, milestones: tuple[float, ...], gamma: float) -> Callable[[int], float]:
+    """LR factor per step: multiplied by ``gamma`` at each milestone (fractions of ``epochs``)."""
+    bounds = [int(round(m * epochs)) for m in milestones]
+
+    def f(step: int) -> float:
+        epoch = step // max(steps_per_epoch, 1)
+        return gamma ** sum(epoch >= b for b in bounds)
+
+    return f
+
+
+def lr_lambda_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """Linear warm-up then cosine decay to 0 over ``total_steps``."""
+
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
+
+    return f
+
+
+def fused_kwargs(device: str) -> dict[str, bool]:
+    """``fused=True`` for Adam/AdamW where torch has the fused kernel (CPU and CUDA): one pass
+    over all parameters, ~3x faster than the per-tensor loop on CPU."""
+    return {"fused": True} if device.split(":")[0] in ("cpu", "cuda") else {}
+
+
+def autocast_ctx(device: str, dtype: Any) -> contextlib.AbstractContextManager:
+    import torch
+
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[int]:
+    """Use ``n`` torch threads (default ``medfm._runtime.default_threads()``) inside the block."""
+    import torch
+
+    from medfm._runtime import default_threads
+
+    before = torch.get_num_threads()
+    n = n or default_threads()
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def seeded_torch(seed: int, device: str) -> Iterator[None]:
+    """Seed torch's RNG (CPU, and ``device`` if CUDA) for the block; the caller's RNG state is restored."""
+    import torch
+
+    devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def predict_proba(
+    forward: Callable[[Any], Any], to_input: Callable[[np.ndarray], Any], x: np.ndarray, task: str,
+    batch_size: int, device: str, amp_dtype: Any,
+) -> np.ndarray:
+    """Probabilities (N, C): softmax of the logits (sigmoid for multilabel), in float64."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            with autocast_ctx(device, amp_dtype):
+                logits = forward(to_input(x[start:start + batch_size]))
+            logits = logits.float()
+            p = torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, dim=1)
+            out.append(p.cpu().numpy().astype(np.float64))
+    return np.concatenate(out)
+
+
+def fit(
+    module: Any,
+    forward: Callable[[Any], Any],
+    to_input: Callable[[np.ndarray], Any],
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    task: str,
+    optimizer: Any,
+    lr_lambda: Callable[[int], float],
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    device: str,
+    amp_dtype: Any,
+    augment: str = "none",
+    patience: int | None = None,
+    eval_batch_size: int = 256,
+    progress: str = "",
+) -> FitResult:
+    """Train ``module`` in place and leave it holding its best-validation-AUROC weights.
+
+    ``forward(input) -> logits (B, C)``; only parameters with ``requires_grad`` and buffers
+    are snapshotted. Early stopping after ``patience`` epochs without improvement (None: off).
+    """
+    import sys
+
+    import torch
+
+    x_tr, y_tr = train
+    x_va, y_va = val
+    rng = np.random.default_rng(seed)
+    multilabel = task == "multilabel"
+    loss_fn = torch.nn.BCEWithLogitsLoss() if multilabel else torch.nn.CrossEntropyLoss()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    keep = {n for n, p in module.named_parameters() if p.requires_grad} | {n for n, _ in module.named_buffers()}
+
+    def snapshot() -> dict[str, Any]:
+        return {k: v.detach().clone() for k, v in module.state_dict().items() if k in keep}
+
+    best_state = snapshot()
+    best_val, best_epoch, stale = -math.inf, 0, 0
+    history: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    epoch = 0
+    for epoch in range(1, epochs + 1):
+        module.train()
+        order = rng.permutation(len(x_tr))
+        total, seen = 0.0, 0
+        for start in range(0, len(order), batch_size):
+            idx = np.sort(order[start:start + batch_size])
+            if len(idx) < 2 and len(order) > 1:
+                continue  # a single-sample last batch breaks batch norm
+            xb = to_input(augment_batch(x_tr[idx], augment, rng))
+            yb = torch.as_tensor(y_tr[idx], device=device)
+            yb = yb.float() if multilabel else yb.long()
+            with autocast_ctx(device, amp_dtype):
+                logits = forward(xb)
+            loss = loss_fn(logits.float(), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+        module.eval()
+        p_va = predict_proba(forward, to_input, x_va, task, eval_batch_size, device, amp_dtype)
+        score = selection_score(y_va, p_va, task)
+        history.append({"epoch": epoch, "train_loss": round(total / max(seen, 1), 5), "val_auroc": round(score, 5)})
+        if progress:
+            print(f"{progress}: epoch {epoch}/{epochs} loss {total / max(seen, 1):.4f} val {score:.4f} "
+                  f"({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
+        if score > best_val:
+            best_val, best_epoch, stale = score, epoch, 0
+            best_state = snapshot()
+        else:
+            stale += 1
+            if patience is not None and stale >= patience:
+                break
+    module.load_state_dict(best_state, strict=False)
+    module.eval()
+    return FitResult(best_epoch, best_val, epoch, time.perf_counter() - t0, history)
