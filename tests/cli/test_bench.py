@@ -1,0 +1,155 @@
+"""``medfm bench`` / ``medfm report`` end to end on BreastMNIST with a tiny test model, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medfm.cli.main import main
+
+TINY = "test/vit-tiny-timm"
+
+
+def _bench(args: list[str], data: Path) -> int:
+    return main(["bench", "--data-dir", str(data), "--n-boot", "50", *args])
+
+
+@pytest.mark.slow  # ~10 s: builds a timm model and embeds 780 images
+def test_bench_end_to_end_then_cache_then_report(shared_data, tmp_path, capsys) -> None:
+    out = tmp_path / "run1"
+    args = ["--dataset", "breastmnist", "--model", TINY, "--protocol", "knn,linear_probe", "--shots", "2,all", "--seeds", "2"]
+    assert _bench([*args, "--out", str(out)], shared_data) == 0
+    cap = capsys.readouterr()
+    assert "leaderboard" in cap.out and TINY in cap.out and "linear_probe" in cap.out
+    doc = json.loads((out / "results.json").read_text())
+    assert len(doc["records"]) == 2 * 2 * 2
+    rec = doc["records"][0]
+    assert rec["dataset"] == "breastmnist" and rec["n"] == 156 and rec["provenance"]["weights_hash"]
+    assert 0.0 <= rec["metrics"]["auroc"]["value"] <= 1.0
+    html = (out / "report.html").read_text()
+    assert "id='leaderboard'" in html and "data:image/png;base64," in html and "CC BY 4.0" in html
+
+    # an identical run into a new folder: every cell from the cell cache, identical numbers
+    assert _bench([*args, "--out", str(tmp_path / "run2"), "--json"], shared_data) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["cached"] == 8 and summary["computed"] == 0
+    again = json.loads((tmp_path / "run2" / "results.json").read_text())
+    assert [r["metrics"] for r in again["records"]] == [r["metrics"] for r in doc["records"]]
+
+    # --resume on a finished folder: nothing recomputed, nothing lost
+    assert _bench([*args, "--out", str(out), "--resume", "--json"], shared_data) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["resumed"] == 8 and summary["computed"] == summary["cached"] == 0
+    assert json.loads((out / "results.json").read_text())["records"] == doc["records"]
+
+    # medfm report re-renders; refuses to replace without --force
+    assert main(["report", str(out / "results.json")]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert main(["report", str(out / "results.json"), "--out", str(tmp_path / "r.html"), "--json"]) == 0
+    board = json.loads(capsys.readouterr().out)["leaderboard"]["breastmnist"]
+    assert len(board) == 4 and (tmp_path / "r.html").is_file()
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("medfm: error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--protocol", "zero_shot"], "text_encoder"),
+        (["--protocol", "knn", "--shots", "200"], "200-shot"),
+        (["--protocol", "knn", "--shots", "0"], "positive integers"),
+        (["--protocol", "knnn"], "Did you mean 'knn'"),
+        (["--protocol", "knn", "--dataset", "breastmnst"], "breastmnist"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(shared_data, tmp_path, capsys, extra, message) -> None:
+    rc = _bench(["--model", TINY, "--shots", "all", "--seeds", "1", *extra, "--out", str(tmp_path / "o")], shared_data)
+    assert rc == 2
+    assert message in _one_line_error(capsys)
+    assert not (tmp_path / "o").exists()  # nothing created on bad input
+
+
+def test_non_empty_or_unwritable_out_keeps_earlier_results(shared_data, tmp_path, capsys) -> None:
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "results.json").write_text('{"earlier": true}')
+    base = ["--model", TINY, "--protocol", "knn", "--shots", "all", "--seeds", "1"]
+    assert _bench([*base, "--out", str(out)], shared_data) == 2
+    assert "not empty" in _one_line_error(capsys)
+    assert (out / "results.json").read_text() == '{"earlier": true}'
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    assert _bench([*base, "--out", str(a_file)], shared_data) == 2
+    assert "not a folder" in _one_line_error(capsys)
+    assert _bench([*base, "--resume"], shared_data) == 2
+    assert "--resume needs --out" in _one_line_error(capsys)
+
+
+@pytest.mark.slow  # builds a timm model and trains a ResNet-18 for one epoch
+def test_folder_dataset_with_scratch_from_config(tmp_path, capsys) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "mydata"
+    (root / "img").mkdir(parents=True)
+    lines = ["file,label,split"]
+    for i in range(36):
+        label = ["cyst", "solid"][i % 2]
+        split = "train" if i < 20 else ("val" if i < 28 else "test")
+        arr = (rng.random((20 + i % 3, 24)) * 80 + (120 if label == "solid" else 0)).astype(np.uint8)
+        Image.fromarray(arr).save(root / "img" / f"{i}.png")
+        lines.append(f"img/{i}.png,{label},{split}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"datasets: ['{root}']\nmodels: [{TINY}, scratch/resnet18]\nprotocols: [prototype, scratch]\n"
+        "shots: [2, all]\nseeds: 1\nn_boot: 20\nprotocol_config:\n  scratch: {epochs: 1, batch_size: 16}\n"
+    )
+    out = tmp_path / "out"
+    assert main(["bench", "--config", str(spec), "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    (ds_rows,) = summary["leaderboard"].values()
+    assert {(r["model"], r["protocol"]) for r in ds_rows} == {(TINY, "prototype"), ("scratch/resnet18", "scratch")}
+    recs = json.loads((out / "results.json").read_text())["records"]
+    scratch = [r for r in recs if r["protocol"] == "scratch"]
+    assert scratch and all(r["extra"]["trained"] for r in scratch)
+    assert all(r["n"] == 8 for r in recs)
+
+
+@pytest.mark.slow
+def test_default_run_no_arguments(shared_data, tmp_path, monkeypatch, capsys) -> None:
+    """The README's main command: BreastMNIST, built-in offline models, under 10 minutes on 2 CPU cores."""
+    import time
+
+    monkeypatch.setenv("MEDFM_DATA", str(shared_data))
+    monkeypatch.chdir(tmp_path)
+    t0 = time.perf_counter()
+    assert main(["bench"]) == 0
+    seconds = time.perf_counter() - t0
+    cap = capsys.readouterr()
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    doc = json.loads((run_dir / "results.json").read_text())
+    combos = {(r["model"], r["protocol"]) for r in doc["records"]}
+    assert ("scratch/resnet18", "scratch") in combos
+    assert {("random/vit-b16", p) for p in ("knn", "linear_probe", "prototype")} <= combos
+    assert {r["shots"] for r in doc["records"]} == {1, 4, 16, None}
+    assert (run_dir / "report.html").is_file() and "leaderboard" in cap.out
+    assert all(r["extra"]["trained"] == (r["protocol"] == "scratch") for r in doc["records"])
+    # wall time depends on the machine's load; it is printed, not asserted (target: < 10 min on 2 idle cores)
+    print(f"default run: {seconds:.0f} s")
+
+
+def test_report_command_bad_input(tmp_path, capsys) -> None:
+    assert main(["report", str(tmp_path / "missing.json")]) == 2
+    assert "not found" in _one_line_error(capsys)
+    bad = tmp_path / "results.json"
+    bad.write_text("{\"records\": [{\"x\": 1}]}")
+    assert main(["report", str(bad)]) == 2
+    assert "results.json" in _one_line_error(capsys)
