@@ -1,0 +1,302 @@
+"""The prognosis protocol: event-stratified K-fold CV (or one held-out test split), optional
+hyper-parameter choice by inner CV on each outer training fold (nested CV), metrics with bootstrap
+CIs, and Kaplan-Meier curves of the predicted low/high-risk groups -> one Record per model.
+
+Hyper-parameters are chosen on inner folds of the outer *training* rows by mean Harrell's C;
+the outer test rows are used only for the reported metrics. The low/high split of test rows uses
+the median predicted risk of the *training* rows of the same fold.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time as _time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from medfm._optional import optional_import
+from medfm._progress import track
+from medfm.data.survival import SurvivalTable
+from medfm.errors import ConfigError, InputError
+from medfm.metrics.survival import FoldPredictions, evaluation_times, fold_metrics, harrell_c, survival_metrics
+from medfm.results import Record, make_provenance
+from medfm.tasks.survival.fusion import FusionConfig, SurvivalPipeline
+from medfm.tasks.survival.models import ENSEMBLE_CANDIDATES, MODELS
+
+KM_POINTS = 200  # Kaplan-Meier curves stored in Record.extra are sampled at this many times
+
+
+@dataclass
+class PrognosisConfig:
+    """``models`` CLI names; ``cv`` outer folds (0: one stratified test split of ``test_size``);
+    ``tune``: choose each model's hyper-parameters from its small grid by ``inner_cv``-fold CV on
+    the outer training rows; ``params`` fixed parameters per model (used when not tuning)."""
+
+    models: tuple[str, ...] = ("coxph", "coxnet", "rsf", "gbsa", "deepsurv")
+    cv: int = 5
+    seed: int = 0
+    n_boot: int = 1000
+    tune: bool = False
+    inner_cv: int = 3
+    test_size: float = 0.25
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for m in self.models:
+            MODELS.get(m)  # did-you-mean error for a typo
+        if self.cv == 1 or self.cv < 0:
+            raise ConfigError(f"--cv must be 0 (one test split) or >= 2 folds, got {self.cv}")
+        if not 0.05 <= self.test_size <= 0.5:
+            raise ConfigError(f"test_size must be in [0.05, 0.5], got {self.test_size}")
+        unknown = sorted(set(self.params) - set(self.models))
+        if unknown:
+            raise ConfigError(f"params given for model(s) {unknown} that are not run ({list(self.models)})")
+
+
+def event_stratified_splits(
+    event: np.ndarray, cv: int, seed: int, test_size: float = 0.25
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Outer splits stratified by event status: K folds (``cv`` >= 2) or one test split (``cv`` = 0)."""
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
+    event = np.asarray(event, bool)
+    n_ev, n_cens = int(event.sum()), int((~event).sum())
+    k = cv if cv >= 2 else 2
+    if min(n_ev, n_cens) < k and n_cens > 0:
+        raise InputError(f"cannot stratify {k} folds: {n_ev} events and {n_cens} censored rows")
+    strat = event if n_cens > 0 else None
+    idx = np.arange(len(event))
+    if cv == 0:
+        tr, te = train_test_split(idx, test_size=test_size, stratify=strat, random_state=seed)
+        return [(np.sort(tr), np.sort(te))]
+    if strat is None:
+        from sklearn.model_selection import KFold
+
+        return list(KFold(cv, shuffle=True, random_state=seed).split(idx))
+    return list(StratifiedKFold(cv, shuffle=True, random_state=seed).split(idx, event))
+
+
+def _inner_score(table: SurvivalTable, model: str, params: dict[str, Any], cfg: PrognosisConfig) -> float:
+    scores = []
+    for tr, te in event_stratified_splits(table.event, cfg.inner_cv, cfg.seed):
+        pipe = SurvivalPipeline(table.schema, model, params, cfg.seed, cfg.fusion).fit(table.X.iloc[tr], table.y[tr])
+        risk = pipe.predict_risk(table.X.iloc[te])
+        if not np.all(np.isfinite(risk)):
+            return -math.inf
+        scores.append(harrell_c(table.event[te], table.time[te], risk))
+    return float(np.mean(scores))
+
+
+def tune_params(
+    table: SurvivalTable, model: str, cfg: PrognosisConfig, cache: dict[tuple[str, str], dict[str, Any]] | None = None
+) -> tuple[dict[str, Any], list[tuple[dict[str, Any], float]]]:
+    """Best parameters of ``model`` on ``table`` (training rows only) by inner-CV Harrell's C.
+
+    The ensemble is chosen by ``_tune_ensemble`` (members and their subset). ``cache`` maps (model, table checksum) to the best
+    parameters so that a member tuned on the same training rows is not tuned twice.
+    Returns (best params, [(params, inner C), ...]).
+    """
+    if model == "ensemble":
+        return _tune_ensemble(table, cfg, cache)
+    key = (model, table.checksum() + ",".join(table.ids))
+    if cache is not None and key in cache:
+        return dict(cache[key]), []
+    grid = MODELS.get(model).grid or ({},)
+    scored = []
+    for params in grid:
+        try:
+            s = _inner_score(table, model, dict(params), cfg)
+        except (InputError, ValueError, ArithmeticError):
+            s = -math.inf
+        scored.append((dict(params), s))
+    best = max(scored, key=lambda ps: ps[1])[0]
+    if cache is not None:
+        cache[key] = dict(best)
+    return best, scored
+
+
+def _tune_ensemble(
+    table: SurvivalTable, cfg: PrognosisConfig, cache: dict[tuple[str, str], dict[str, Any]] | None
+) -> tuple[dict[str, Any], list[tuple[dict[str, Any], float]]]:
+    """Ensemble selection by inner CV: tune each candidate member, then pick the member subset
+    (>= 2 models) and the shared ``log_skewed`` choice whose rank-averaged inner-fold risks have the
+    best mean Harrell's C. Uses the training rows only."""
+    from itertools import combinations
+
+    from medfm.tasks.survival.models import rank_average
+
+    tuned = {m: tune_params(table, m, cfg, cache)[0] for m in ENSEMBLE_CANDIDATES}
+    tuned = {m: {k: v for k, v in p.items() if k != "log_skewed"} for m, p in tuned.items()}
+    splits = event_stratified_splits(table.event, cfg.inner_cv, cfg.seed)
+    risks: dict[tuple[str, bool], list[np.ndarray]] = {}
+    for m in ENSEMBLE_CANDIDATES:
+        for lg in (False, True):
+            if m in ("rsf", "gbsa") and lg:  # trees are invariant to the monotone log transform
+                risks[(m, True)] = risks[(m, False)]
+                continue
+            risks[(m, lg)] = []
+            for tr, te in splits:
+                params = {**tuned[m], "log_skewed": lg}
+                pipe = SurvivalPipeline(table.schema, m, params, cfg.seed, cfg.fusion)
+                pipe.fit(table.X.iloc[tr], table.y[tr])
+                risks[(m, lg)].append(pipe.predict_risk(table.X.iloc[te]))
+    scored: list[tuple[dict[str, Any], float]] = []
+    for lg in (False, True):
+        for k in range(2, len(ENSEMBLE_CANDIDATES) + 1):
+            for subset in combinations(ENSEMBLE_CANDIDATES, k):
+                cs = []
+                for j, (_, te) in enumerate(splits):
+                    r = rank_average([risks[(m, lg)][j] for m in subset])
+                    cs.append(harrell_c(table.event[te], table.time[te], r))
+                params = {"members": list(subset), **{m: tuned[m] for m in subset}, "log_skewed": lg}
+                scored.append((params, float(np.mean(cs))))
+    return max(scored, key=lambda ps: ps[1])[0], scored
+
+
+def _km_curve(event: np.ndarray, time: np.ndarray, grid: np.ndarray) -> list[float]:
+    npar = optional_import("sksurv.nonparametric")
+    t, s = npar.kaplan_meier_estimator(event, time)
+    k = np.searchsorted(t, grid, side="right") - 1
+    return [1.0 if j < 0 else float(s[j]) for j in k]
+
+
+def risk_groups(event: np.ndarray, time: np.ndarray, high: np.ndarray) -> dict[str, Any]:
+    """KM curves (``KM_POINTS`` times) of low/high predicted-risk groups and the log-rank p-value."""
+    compare = optional_import("sksurv.compare")
+    grid = np.linspace(0.0, float(time.max()), KM_POINTS)
+    out: dict[str, Any] = {"time": grid.tolist(), "n_low": int((~high).sum()), "n_high": int(high.sum())}
+    out["low"] = _km_curve(event[~high], time[~high], grid) if (~high).any() else []
+    out["high"] = _km_curve(event[high], time[high], grid) if high.any() else []
+    p = math.nan
+    if high.any() and (~high).any() and event.any():
+        y = np.empty(len(time), dtype=[("event", "?"), ("time", "<f8")])
+        y["event"], y["time"] = event, time
+        try:
+            p = float(compare.compare_survival(y, np.where(high, "high", "low"))[1])
+        except ValueError:
+            p = math.nan
+    out["logrank_p"] = p
+    return out
+
+
+def _label(model: str, cfg: PrognosisConfig) -> str:
+    return model + ("+tuned" if cfg.tune else "") + cfg.fusion.label()
+
+
+def evaluate_model(
+    table: SurvivalTable,
+    model: str,
+    cfg: PrognosisConfig,
+    data_checksum: str | None = None,
+    tune_cache: dict[tuple[str, str], dict[str, Any]] | None = None,
+) -> Record:
+    """Run one model through the outer splits and return its Record (metrics with CIs)."""
+    start = _time.perf_counter()
+    splits = event_stratified_splits(table.event, cfg.cv, cfg.seed, cfg.test_size)
+    folds: list[FoldPredictions] = []
+    chosen: list[dict[str, Any]] = []
+    ev_all, t_all, high_all = [], [], []
+    for tr, te in splits:
+        train = table.subset(tr)
+        params = tune_params(train, model, cfg, tune_cache)[0] if cfg.tune else dict(cfg.params.get(model, {}))
+        chosen.append(params)
+        pipe = SurvivalPipeline(table.schema, model, params, cfg.seed, cfg.fusion).fit(train.X, train.y)
+        test_X = table.X.iloc[te]
+        risk = pipe.predict_risk(test_X)
+        times = evaluation_times(table.time[tr])["times"]
+        surv = pipe.predict_survival(test_X, times)
+        folds.append(
+            FoldPredictions(
+                table.event[tr],
+                table.time[tr],
+                table.event[te],
+                table.time[te],
+                risk,
+                surv,
+                times if surv is not None else None,
+            )
+        )
+        cut = float(np.median(pipe.predict_risk(train.X)))
+        ev_all.append(table.event[te])
+        t_all.append(table.time[te])
+        high_all.append(risk > cut)
+    metrics = survival_metrics(folds, n_boot=cfg.n_boot, seed=cfg.seed)
+    groups = risk_groups(np.concatenate(ev_all), np.concatenate(t_all), np.concatenate(high_all))
+    split = f"cv{cfg.cv}" if cfg.cv >= 2 else "test"
+    n = len(table) if cfg.cv >= 2 else len(splits[0][1])
+    return Record(
+        dataset=table.name,
+        split=split,
+        model=_label(model, cfg),
+        protocol="survival",
+        metrics=metrics,
+        seed=cfg.seed,
+        n=n,
+        seconds=round(_time.perf_counter() - start, 3),
+        provenance=make_provenance(
+            cfg, data_checksum=data_checksum or table.checksum(), model=model, chosen_params=chosen
+        ),
+        extra={
+            "km_groups": groups,
+            "fold_metrics": [fold_metrics(f) for f in folds],
+            "n_events": int(table.event.sum()),
+        },
+    )
+
+
+def run_prognosis(
+    table: SurvivalTable,
+    cfg: PrognosisConfig,
+    data_checksum: str | None = None,
+    progress: bool = True,
+    on_record: Callable[[list[Record]], None] | None = None,
+) -> list[Record]:
+    """Every configured model on ``table``: one Record each (see ``evaluate_model``).
+
+    ``on_record(records_so_far)`` is called after each model (the CLI saves partial results).
+    """
+    models = list(cfg.models)
+    it = track(models, desc=f"prognosis {table.name}", unit="model") if progress else iter(models)
+    cache: dict[tuple[str, str], dict[str, Any]] = {}
+    records: list[Record] = []
+    for m in it:
+        try:
+            records.append(evaluate_model(table, m, cfg, data_checksum, cache))
+        except InputError as exc:  # one model that cannot be fitted does not stop the others
+            print(f"prognosis: {table.name}: {m} failed: {exc}", file=sys.stderr)
+            records.append(_failed_record(table, m, cfg, data_checksum, str(exc)))
+        if len(records) == 1:
+            records[0].extra["hazard_ratios"] = _hazard_ratios_or_empty(table)
+        if on_record is not None:
+            on_record(records)
+    return records
+
+
+def _failed_record(table: SurvivalTable, model: str, cfg: PrognosisConfig, checksum: str | None, error: str) -> Record:
+    """A Record without metrics saying why the model could not be evaluated (kept in results.json)."""
+    return Record(
+        dataset=table.name,
+        split=f"cv{cfg.cv}" if cfg.cv >= 2 else "test",
+        model=_label(model, cfg),
+        protocol="survival",
+        metrics={},
+        seed=cfg.seed,
+        n=len(table),
+        provenance=make_provenance(cfg, data_checksum=checksum or table.checksum(), model=model),
+        extra={"error": error, "n_events": int(table.event.sum())},
+    )
+
+
+def _hazard_ratios_or_empty(table: SurvivalTable) -> list[dict[str, Any]]:
+    """Full-cohort Cox hazard ratios for the report; [] when lifelines cannot fit them."""
+    from medfm.tasks.survival.explain import hazard_ratios
+
+    try:
+        return hazard_ratios(table)
+    except (ValueError, ArithmeticError, np.linalg.LinAlgError):
+        return []

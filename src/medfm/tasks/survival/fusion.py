@@ -1,0 +1,203 @@
+"""From a raw survival table to risks: encoding, per-block scaling/PCA, early or late fusion.
+
+Blocks are groups of columns (``ehr`` tabular covariates, ``omics`` expression, ``image``
+embeddings). Early fusion concatenates the blocks (each standardised on its own, wide blocks
+optionally reduced by PCA) and fits one model. Late fusion fits one model per block and combines
+their risks by rank average (``combine="rank"``) or by a Cox model on out-of-fold block risks
+(``combine="stack"``). Everything is fitted on the training rows it is given, never on test rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medfm.data.survival import SurvivalSchema, TableEncoder
+from medfm.errors import ConfigError, InputError
+from medfm.tasks.survival.models import SurvivalModel, create_model, rank_average
+
+FUSION_MODES = ("early", "late")
+COMBINERS = ("rank", "stack")
+
+
+@dataclass
+class FusionConfig:
+    """``mode`` early|late; ``combine`` rank|stack (late only); per-block ``standardize``;
+    PCA to ``pca_components`` for blocks wider than ``pca_min_width`` (None: no PCA);
+    ``stack_folds`` inner folds giving out-of-fold block risks for the stacked Cox;
+    ``log_skewed``: log1p of non-negative, non-binary columns whose training-row skewness is > 1
+    (monotone, so tree models are unaffected; it helps the linear and neural Cox models)."""
+
+    mode: str = "early"
+    combine: str = "rank"
+    standardize: bool = True
+    log_skewed: bool = False
+    pca_components: int | None = None
+    pca_min_width: int = 50
+    stack_folds: int = 3
+
+    def __post_init__(self) -> None:
+        if self.mode not in FUSION_MODES:
+            raise ConfigError(f"fusion mode must be one of {FUSION_MODES}, got {self.mode!r}")
+        if self.combine not in COMBINERS:
+            raise ConfigError(f"late-fusion combine must be one of {COMBINERS}, got {self.combine!r}")
+        if self.pca_components is not None and self.pca_components < 1:
+            raise ConfigError(f"pca_components must be >= 1, got {self.pca_components}")
+
+    def label(self) -> str:
+        """Suffix for model names in results: '' (early) or '/late-rank', '/late-stack'."""
+        return "" if self.mode == "early" else f"/late-{self.combine}"
+
+
+class BlockTransformer:
+    """Per block: drop columns constant in the training rows, log1p skewed ones (optional),
+    standardise, PCA when wide. Every choice is made on the rows given to ``fit``."""
+
+    def __init__(self, blocks: list[str], config: FusionConfig, seed: int = 0) -> None:
+        self.blocks = list(blocks)
+        self.config = config
+        self.seed = seed
+        self._steps: list[tuple[str, np.ndarray, np.ndarray, Any, Any]] = []
+        self.out_blocks: list[str] = []
+
+    def fit(self, X: np.ndarray) -> BlockTransformer:
+        from sklearn.decomposition import PCA
+        from sklearn.preprocessing import StandardScaler
+
+        self._steps, self.out_blocks = [], []
+        names = np.asarray(self.blocks)
+        for b in dict.fromkeys(self.blocks):
+            cols = np.flatnonzero(names == b)
+            cols = cols[np.nanstd(X[:, cols], axis=0) > 0]
+            if len(cols) == 0:
+                continue
+            Xb = X[:, cols]
+            logm = np.zeros(len(cols), dtype=bool)
+            if self.config.log_skewed:
+                from scipy.stats import skew
+
+                nonneg = Xb.min(axis=0) >= 0
+                many = np.array([len(np.unique(Xb[:, j])) > 2 for j in range(Xb.shape[1])])
+                logm = nonneg & many & (skew(Xb, axis=0) > 1.0)
+                Xb = np.where(logm, np.log1p(np.maximum(Xb, 0)), Xb)
+            scaler = StandardScaler().fit(Xb) if self.config.standardize else None
+            Xb = scaler.transform(Xb) if scaler is not None else Xb
+            pca = None
+            k = self.config.pca_components
+            if k is not None and len(cols) > self.config.pca_min_width:
+                pca = PCA(n_components=min(k, len(cols), len(Xb) - 1), random_state=self.seed).fit(Xb)
+            self._steps.append((b, cols, logm, scaler, pca))
+            self.out_blocks += [b] * (pca.n_components_ if pca is not None else len(cols))
+        if not self._steps:
+            raise InputError("every covariate is constant in the training rows")
+        return self
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        parts = []
+        for _, cols, logm, scaler, pca in self._steps:
+            Xb = X[:, cols]
+            Xb = np.where(logm, np.log1p(np.maximum(Xb, 0)), Xb) if logm.any() else Xb
+            Xb = scaler.transform(Xb) if scaler is not None else Xb
+            parts.append(pca.transform(Xb) if pca is not None else Xb)
+        return np.hstack(parts)
+
+
+class SurvivalPipeline:
+    """Encoder -> per-block transformer -> model (early) or one model per block (late).
+
+    ``fit(X_raw, y)`` with ``X_raw`` the table's covariate DataFrame and ``y`` the structured
+    (event, time) array; ``predict_risk`` (N,), ``predict_survival`` (N, T) or None.
+    """
+
+    def __init__(
+        self,
+        schema: SurvivalSchema,
+        model: str,
+        params: dict[str, Any] | None = None,
+        seed: int = 0,
+        fusion: FusionConfig | None = None,
+    ) -> None:
+        self.schema = schema
+        self.model_name = model
+        self.params = dict(params or {})
+        self.seed = seed
+        self.fusion = fusion or FusionConfig()
+        if "log_skewed" in self.params:  # a preprocessing choice tuned alongside model parameters
+            self.fusion = replace(self.fusion, log_skewed=bool(self.params.pop("log_skewed")))
+        self.encoder = TableEncoder(schema)
+        self.transformer: BlockTransformer | None = None
+        self.models: dict[str, SurvivalModel] = {}
+        self.stacker: SurvivalModel | None = None
+        self._stack_scale: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _features(self, X_raw: pd.DataFrame, fit: bool) -> np.ndarray:
+        if fit:
+            M = self.encoder.fit_transform(X_raw)
+            self.transformer = BlockTransformer(self.encoder.feature_blocks, self.fusion, self.seed).fit(M)
+        else:
+            M = self.encoder.transform(X_raw)
+        assert self.transformer is not None
+        return self.transformer.transform(M)
+
+    def _block_cols(self) -> dict[str, np.ndarray]:
+        assert self.transformer is not None
+        blocks = np.asarray(self.transformer.out_blocks)
+        return {b: np.flatnonzero(blocks == b) for b in dict.fromkeys(self.transformer.out_blocks)}
+
+    def fit(self, X_raw: pd.DataFrame, y: np.ndarray) -> SurvivalPipeline:
+        Z = self._features(X_raw, fit=True)
+        if self.fusion.mode == "early" or len(self._block_cols()) == 1:
+            self.models = {"all": create_model(self.model_name, self.params, self.seed).fit(Z, y)}
+            return self
+        cols = self._block_cols()
+        self.models = {
+            b: create_model(self.model_name, self.params, self.seed).fit(Z[:, c], y) for b, c in cols.items()
+        }
+        if self.fusion.combine == "stack":
+            self._fit_stacker(Z, y, cols)
+        return self
+
+    def _fit_stacker(self, Z: np.ndarray, y: np.ndarray, cols: dict[str, np.ndarray]) -> None:
+        """Cox on standardised out-of-fold block risks (inner folds on the training rows only)."""
+        from sklearn.model_selection import StratifiedKFold
+
+        event = y[y.dtype.names[0]].astype(bool)
+        oof = np.zeros((len(y), len(cols)))
+        skf = StratifiedKFold(self.fusion.stack_folds, shuffle=True, random_state=self.seed)
+        for tr, te in skf.split(Z, event):
+            for j, c in enumerate(cols.values()):
+                m = create_model(self.model_name, self.params, self.seed).fit(Z[tr][:, c], y[tr])
+                oof[te, j] = m.predict_risk(Z[te][:, c])
+        mu, sd = oof.mean(0), oof.std(0) + 1e-12
+        self._stack_scale = (mu, sd)
+        self.stacker = create_model("coxph", {"alpha": 1e-2}).fit((oof - mu) / sd, y)
+
+    def _block_risks(self, Z: np.ndarray) -> np.ndarray:
+        cols = self._block_cols()
+        return np.column_stack([self.models[b].predict_risk(Z[:, cols[b]]) for b in self.models])
+
+    def predict_risk(self, X_raw: pd.DataFrame) -> np.ndarray:
+        Z = self._features(X_raw, fit=False)
+        if "all" in self.models:
+            return self.models["all"].predict_risk(Z)
+        R = self._block_risks(Z)
+        if self.stacker is not None and self._stack_scale is not None:
+            mu, sd = self._stack_scale
+            return self.stacker.predict_risk((R - mu) / sd)
+        return rank_average(list(R.T))
+
+    def predict_survival(self, X_raw: pd.DataFrame, times: np.ndarray) -> np.ndarray | None:
+        Z = self._features(X_raw, fit=False)
+        if "all" in self.models:
+            return self.models["all"].predict_survival(Z, times)
+        if self.stacker is not None and self._stack_scale is not None:
+            mu, sd = self._stack_scale
+            return self.stacker.predict_survival((self._block_risks(Z) - mu) / sd, times)
+        cols = self._block_cols()
+        survs = [self.models[b].predict_survival(Z[:, cols[b]], times) for b in self.models]
+        if any(s is None for s in survs):
+            return None
+        return np.mean(survs, axis=0)

@@ -1,0 +1,387 @@
+"""Survival models behind one small face: ``fit(X, y)``, ``predict_risk(X)``, ``predict_survival(X, times)``.
+
+``X`` (N, F) float64 (already encoded/standardised), ``y`` scikit-survival's structured
+``(event, time)`` array. ``predict_risk`` (N,): higher = earlier event. ``predict_survival``
+(N, T): S(t | x) at the increasing ``times`` (step function, 1 before the first event time).
+
+Models (CLI names): ``coxph`` (sksurv CoxPHSurvivalAnalysis), ``coxnet`` (CoxnetSurvivalAnalysis,
+elastic net), ``rsf`` (RandomSurvivalForest), ``gbsa`` (GradientBoostingSurvivalAnalysis, Cox loss),
+``deepsurv`` (torch MLP with the Cox partial likelihood, early stopping on a validation split,
+Breslow baseline) and ``ensemble`` (rank average of member risks, by default coxnet, rsf and gbsa;
+mean of their survival functions; with ``--tune`` the member subset is chosen by inner CV).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from medfm._optional import optional_import
+from medfm._registry import Registry
+from medfm.errors import ConfigError, InputError
+
+
+def step_at(unique_times: np.ndarray, values: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Evaluate right-continuous step functions given at ``unique_times`` (N, U) at ``times`` (T,).
+
+    Before the first unique time the survival probability is 1; after the last it stays flat.
+    """
+    k = np.searchsorted(np.asarray(unique_times), np.asarray(times), side="right") - 1
+    out = np.ones((values.shape[0], len(times)))
+    ok = k >= 0
+    out[:, ok] = values[:, k[ok]]
+    return out
+
+
+def rank_average(risks: list[np.ndarray]) -> np.ndarray:
+    """Mean of per-model normalised ranks in [0, 1] (ties get their average rank)."""
+    from scipy.stats import rankdata
+
+    n = len(risks[0])
+    return np.mean([(rankdata(r) - 1) / max(n - 1, 1) for r in risks], axis=0)
+
+
+class SurvivalModel:
+    """Base: subclasses set ``name``, implement ``fit`` and ``predict_risk``; survival optional."""
+
+    name = "base"
+    params: dict[str, Any]
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> SurvivalModel:
+        raise NotImplementedError
+
+    def predict_risk(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict_survival(self, X: np.ndarray, times: np.ndarray) -> np.ndarray | None:
+        return None
+
+
+class SksurvModel(SurvivalModel):
+    """A scikit-survival estimator built from ``params`` (keys checked against its signature)."""
+
+    def __init__(self, name: str, build: Callable[..., Any], params: dict[str, Any], defaults: dict[str, Any]) -> None:
+        self.name = name
+        self._build = build
+        self.params = {**defaults, **params}
+        self.estimator: Any = None
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> SksurvModel:
+        self.estimator = self._build(**self.params)
+        try:
+            self.estimator.fit(X, y)
+        except (np.linalg.LinAlgError, ArithmeticError, ValueError) as exc:
+            raise InputError(
+                f"model {self.name}: fitting failed ({exc}); try coxnet, --pca or fewer covariates"
+            ) from exc
+        return self
+
+    def predict_risk(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(self.estimator.predict(X), dtype=np.float64)
+
+    def predict_survival(self, X: np.ndarray, times: np.ndarray) -> np.ndarray | None:
+        est = self.estimator
+        vals = np.asarray(est.predict_survival_function(X, return_array=True), dtype=np.float64)
+        return step_at(est.unique_times_, vals, times)
+
+
+class CoxnetModel(SksurvModel):
+    """Elastic-net Cox. Without ``alpha`` the whole path is fitted and predictions use its smallest
+    penalty (sksurv's default); with ``alpha`` the model is fitted at that single penalty."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        lm = optional_import("sksurv.linear_model")
+        super().__init__("coxnet", lm.CoxnetSurvivalAnalysis, params, {"fit_baseline_model": True})
+        self._fit_params = {k: v for k, v in self.params.items() if k != "alpha"}
+        if self.params.get("alpha") is not None:
+            self._fit_params["alphas"] = [float(self.params["alpha"])]
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> CoxnetModel:
+        lm = optional_import("sksurv.linear_model")
+        self.estimator = lm.CoxnetSurvivalAnalysis(**self._fit_params)
+        try:
+            self.estimator.fit(X, y)
+        except (np.linalg.LinAlgError, ArithmeticError, ValueError) as exc:
+            raise InputError(f"model coxnet: fitting failed ({exc})") from exc
+        return self
+
+
+def cox_partial_nll(risk: Any, event: Any, time: Any) -> Any:
+    """Negative Cox partial log-likelihood (Breslow ties) per event; torch tensors (N,).
+
+    Rows are sorted by decreasing time; the risk set of row i is every row with time >= t_i
+    (up to the last row tied with it).
+    """
+    torch = optional_import("torch")
+    order = torch.argsort(time, descending=True, stable=True)
+    r, e, t = risk[order], event[order], time[order]
+    last_tied = torch.searchsorted(-t, -t, right=True) - 1
+    log_risk_set = torch.logcumsumexp(r, dim=0)[last_tied]
+    n_events = e.sum().clamp(min=1.0)
+    return -((r - log_risk_set) * e).sum() / n_events
+
+
+@dataclass
+class DeepSurvConfig:
+    """DeepSurv MLP: hidden widths, dropout, Adam (lr, weight decay), full-batch epochs,
+    early stopping (patience, validation share stratified by event)."""
+
+    hidden: tuple[int, ...] = (32,)
+    dropout: float = 0.2
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    epochs: int = 500
+    patience: int = 30
+    val_fraction: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.patience < 1:
+            raise ConfigError(f"deepsurv: epochs and patience must be >= 1, got {self.epochs}, {self.patience}")
+        if not 0.05 <= self.val_fraction <= 0.5:
+            raise ConfigError(f"deepsurv: val_fraction must be in [0.05, 0.5], got {self.val_fraction}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"deepsurv: dropout must be in [0, 1), got {self.dropout}")
+
+
+class DeepSurvModel(SurvivalModel):
+    """DeepSurv-style MLP trained with the Cox partial likelihood; Breslow baseline for S(t | x)."""
+
+    name = "deepsurv"
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        known = DeepSurvConfig.__dataclass_fields__
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise ConfigError(f"deepsurv: unknown parameter(s) {unknown}; allowed: {sorted(known)}")
+        p = dict(params)
+        if "hidden" in p:
+            p["hidden"] = tuple(int(h) for h in p["hidden"])
+        self.config = DeepSurvConfig(**p)
+        self.params = dict(params)
+        self.net: Any = None
+        self.baseline: Any = None
+        self.epochs_run = 0
+
+    def _net(self, d: int) -> Any:
+        nn = optional_import("torch.nn")
+        layers: list[Any] = []
+        prev = d
+        for h in self.config.hidden:
+            layers += [nn.Linear(prev, h), nn.SELU(), nn.Dropout(self.config.dropout)]
+            prev = h
+        layers.append(nn.Linear(prev, 1, bias=False))  # Cox models have no intercept
+        return nn.Sequential(*layers)
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> DeepSurvModel:
+        torch = optional_import("torch")
+        from sklearn.model_selection import train_test_split
+
+        cfg = self.config
+        event, time = y[y.dtype.names[0]].astype(bool), y[y.dtype.names[1]].astype(np.float64)
+        idx = np.arange(len(time))
+        tr, va = train_test_split(idx, test_size=cfg.val_fraction, stratify=event, random_state=cfg.seed)
+        torch.manual_seed(cfg.seed)
+        self.net = self._net(X.shape[1]).double()
+        opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        Xt, et, tt = (torch.from_numpy(np.ascontiguousarray(a)) for a in (X, event.astype(np.float64), time))
+        best, best_state, waited = np.inf, copy.deepcopy(self.net.state_dict()), 0
+        self.epochs_run = 0
+        for _ in range(cfg.epochs):
+            self.epochs_run += 1
+            self.net.train()
+            opt.zero_grad()
+            loss = cox_partial_nll(self.net(Xt[tr]).squeeze(1), et[tr], tt[tr])
+            loss.backward()
+            opt.step()
+            self.net.eval()
+            with torch.no_grad():
+                val = float(cox_partial_nll(self.net(Xt[va]).squeeze(1), et[va], tt[va]))
+            if val < best - 1e-6:
+                best, best_state, waited = val, copy.deepcopy(self.net.state_dict()), 0
+            else:
+                waited += 1
+                if waited >= cfg.patience:
+                    break
+        self.net.load_state_dict(best_state)
+        self.net.eval()
+        coxph = optional_import("sksurv.linear_model.coxph")
+        self.baseline = coxph.BreslowEstimator().fit(self.predict_risk(X), event, time)
+        return self
+
+    def predict_risk(self, X: np.ndarray) -> np.ndarray:
+        torch = optional_import("torch")
+        with torch.no_grad():
+            return self.net(torch.from_numpy(np.ascontiguousarray(X, dtype=np.float64))).squeeze(1).numpy()
+
+    def predict_survival(self, X: np.ndarray, times: np.ndarray) -> np.ndarray | None:
+        fns = self.baseline.get_survival_function(self.predict_risk(X))
+        ut = self.baseline.unique_times_
+        vals = np.vstack([fn(ut) for fn in fns])
+        return step_at(ut, vals, times)
+
+
+class EnsembleModel(SurvivalModel):
+    """Rank average of member risks; survival = mean of members' survival functions."""
+
+    name = "ensemble"
+
+    def __init__(self, members: list[SurvivalModel]) -> None:
+        self.members = members
+        self.params = {m.name: m.params for m in members}
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> EnsembleModel:
+        for m in self.members:
+            m.fit(X, y)
+        return self
+
+    def predict_risk(self, X: np.ndarray) -> np.ndarray:
+        return rank_average([m.predict_risk(X) for m in self.members])
+
+    def predict_survival(self, X: np.ndarray, times: np.ndarray) -> np.ndarray | None:
+        survs = [m.predict_survival(X, times) for m in self.members]
+        if any(s is None for s in survs):
+            return None
+        return np.mean(survs, axis=0)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """How to build a model from (params, seed) and its small tuning grid for inner CV."""
+
+    build: Callable[[dict[str, Any], int], SurvivalModel]
+    grid: tuple[dict[str, Any], ...] = ()
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+MODELS: Registry[ModelEntry] = Registry("survival model")
+ENSEMBLE_MEMBERS = ("coxnet", "rsf", "gbsa")  # default members
+ENSEMBLE_CANDIDATES = ("coxnet", "rsf", "gbsa", "deepsurv")  # members a tuned ensemble chooses from
+
+
+def _check_params(name: str, cls: Any, params: dict[str, Any]) -> None:
+    import inspect
+
+    allowed = set(inspect.signature(cls).parameters)
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ConfigError(f"{name}: unknown parameter(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+def _coxph(params: dict[str, Any], seed: int) -> SurvivalModel:
+    lm = optional_import("sksurv.linear_model")
+    _check_params("coxph", lm.CoxPHSurvivalAnalysis, params)
+    return SksurvModel("coxph", lm.CoxPHSurvivalAnalysis, params, {"ties": "breslow"})
+
+
+def _coxnet(params: dict[str, Any], seed: int) -> SurvivalModel:
+    lm = optional_import("sksurv.linear_model")
+    _check_params("coxnet", lm.CoxnetSurvivalAnalysis, {k: v for k, v in params.items() if k != "alpha"})
+    return CoxnetModel(params)
+
+
+def _rsf(params: dict[str, Any], seed: int) -> SurvivalModel:
+    ens = optional_import("sksurv.ensemble")
+    _check_params("rsf", ens.RandomSurvivalForest, params)
+    return SksurvModel("rsf", ens.RandomSurvivalForest, params, {"random_state": seed, "n_jobs": 1})
+
+
+def _gbsa(params: dict[str, Any], seed: int) -> SurvivalModel:
+    ens = optional_import("sksurv.ensemble")
+    _check_params("gbsa", ens.GradientBoostingSurvivalAnalysis, params)
+    return SksurvModel("gbsa", ens.GradientBoostingSurvivalAnalysis, params, {"random_state": seed})
+
+
+def _deepsurv(params: dict[str, Any], seed: int) -> SurvivalModel:
+    return DeepSurvModel({"seed": seed, **params})
+
+
+def _ensemble(params: dict[str, Any], seed: int) -> SurvivalModel:
+    """``params``: optional ``members`` (names from ENSEMBLE_CANDIDATES) and one dict per member."""
+    p = dict(params)
+    members = tuple(p.pop("members", ENSEMBLE_MEMBERS))
+    bad = sorted(set(members) - set(ENSEMBLE_CANDIDATES)) + sorted(set(p) - set(members))
+    if bad or not members:
+        raise ConfigError(
+            f"ensemble: 'members' must be a non-empty subset of {list(ENSEMBLE_CANDIDATES)} and other keys "
+            f"per-member parameter dicts; got {bad or 'no members'}"
+        )
+    return EnsembleModel([MODELS.get(m).build(dict(p.get(m, {})), seed) for m in members])
+
+
+# ``log_skewed`` is a preprocessing choice (see fusion.FusionConfig) tuned with the linear/neural models;
+# tree models are invariant to it.
+MODELS.register(
+    "coxph",
+    ModelEntry(
+        _coxph,
+        tuple({"alpha": a, "log_skewed": lg} for lg in (False, True) for a in (0.0, 1.0, 10.0)),
+        "Cox PH (sksurv), ridge alpha",
+    ),
+)
+MODELS.register(
+    "coxnet",
+    ModelEntry(
+        _coxnet,
+        tuple(
+            {"l1_ratio": l1, "alpha": a, "log_skewed": lg}
+            for lg in (False, True)
+            for l1 in (0.1, 0.9)
+            for a in (0.003, 0.01, 0.03, 0.1)
+        ),
+        "elastic-net Cox (sksurv)",
+    ),
+)
+MODELS.register(
+    "rsf",
+    ModelEntry(
+        _rsf,
+        tuple(
+            {"n_estimators": 100, "min_samples_leaf": leaf, "max_features": mf}
+            for leaf in (5, 15)
+            for mf in ("sqrt", 0.5)
+        ),
+        "random survival forest (sksurv)",
+    ),
+)
+MODELS.register(
+    "gbsa",
+    ModelEntry(
+        _gbsa,
+        (
+            {"n_estimators": 100, "learning_rate": 0.1, "max_depth": 1},
+            {"n_estimators": 200, "learning_rate": 0.05, "max_depth": 2, "subsample": 0.8},
+            {"n_estimators": 100, "learning_rate": 0.05, "max_depth": 3, "subsample": 0.8},
+        ),
+        "gradient-boosted Cox trees (sksurv)",
+    ),
+)
+MODELS.register(
+    "deepsurv",
+    ModelEntry(
+        _deepsurv,
+        (
+            {"hidden": (32,), "dropout": 0.2, "weight_decay": 1e-3, "log_skewed": False},
+            {"hidden": (32,), "dropout": 0.2, "weight_decay": 1e-3, "log_skewed": True},
+            {"hidden": (64, 32), "dropout": 0.3, "weight_decay": 1e-2, "log_skewed": True},
+        ),
+        "MLP + Cox partial likelihood (torch)",
+    ),
+)
+MODELS.register(
+    "ensemble", ModelEntry(_ensemble, (), "rank average of coxnet, rsf, gbsa (tuned: members chosen by inner CV)")
+)
+
+
+def create_model(name: str, params: dict[str, Any] | None = None, seed: int = 0) -> SurvivalModel:
+    """Build an unfitted model by CLI name with optional parameters (unknown keys refused)."""
+    return MODELS.get(name).build(dict(params or {}), seed)
+
+
+def list_models() -> list[str]:
+    return MODELS.names()

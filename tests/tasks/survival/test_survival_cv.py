@@ -1,0 +1,144 @@
+"""The prognosis protocol: stratified splits, nested tuning on training rows only, Records;
+and scikit-survival's user-guide numbers reproduced through medfm's pipeline on GBSG2."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medfm.data.survival import Covariate, SurvivalSchema, SurvivalTable, load_survival_dataset
+from medfm.errors import ConfigError
+from medfm.metrics.survival import harrell_c, integrated_brier
+from medfm.results import Record
+from medfm.tasks.survival import cv as cv_mod
+from medfm.tasks.survival.cv import PrognosisConfig, event_stratified_splits, run_prognosis, tune_params
+from medfm.tasks.survival.fusion import FusionConfig, SurvivalPipeline
+
+
+def test_splits_are_event_stratified_and_partition_the_rows() -> None:
+    event = np.r_[np.ones(30, bool), np.zeros(70, bool)]
+    splits = event_stratified_splits(event, 5, seed=0)
+    assert sorted(np.concatenate([te for _, te in splits]).tolist()) == list(range(100))
+    assert all(event[te].sum() == 6 for _, te in splits)
+    assert splits[0][1].tolist() == event_stratified_splits(event, 5, seed=0)[0][1].tolist()
+    ((tr, te),) = event_stratified_splits(event, 0, seed=0, test_size=0.25)
+    assert len(te) == 25 and event[te].sum() in (7, 8) and not set(tr) & set(te)
+
+
+def test_config_is_checked() -> None:
+    with pytest.raises(ConfigError, match="Did you mean 'coxph'"):
+        PrognosisConfig(models=("coxhp",))
+    with pytest.raises(ConfigError, match="--cv"):
+        PrognosisConfig(cv=1)
+    with pytest.raises(ConfigError, match="not run"):
+        PrognosisConfig(models=("coxph",), params={"rsf": {}})
+
+
+def test_records_carry_metrics_cis_km_groups_and_provenance() -> None:
+    table = load_survival_dataset("veterans")
+    recs = run_prognosis(table, PrognosisConfig(models=("coxph",), cv=3, n_boot=20, seed=1), progress=False)
+    (r,) = recs
+    assert isinstance(r, Record)
+    assert (r.dataset, r.split, r.model, r.protocol, r.seed, r.n) == ("veterans", "cv3", "coxph", "survival", 1, 137)
+    assert set(r.metrics) >= {"c_harrell", "c_uno", "td_auc_mean", "ibs", "calibration_error@q50"}
+    assert r.metrics["c_harrell"].ci_low is not None
+    assert r.provenance["data_checksum"] == table.checksum() and r.provenance["config"]["n_boot"] == 20
+    km = r.extra["km_groups"]
+    assert km["n_low"] + km["n_high"] == 137 and 0.0 <= km["logrank_p"] < 0.05
+    assert len(r.extra["fold_metrics"]) == 3
+
+
+def test_nested_tuning_never_sees_the_outer_test_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    table = load_survival_dataset("veterans")
+    seen: list[set[str]] = []
+    real = cv_mod.tune_params
+
+    def spy(train: SurvivalTable, model: str, cfg: PrognosisConfig, cache=None):
+        seen.append(set(train.ids))
+        return real(train, model, cfg, cache)
+
+    monkeypatch.setattr(cv_mod, "tune_params", spy)
+    cfg = PrognosisConfig(models=("coxph",), cv=3, n_boot=0, tune=True)
+    (r,) = run_prognosis(table, cfg, progress=False)
+    splits = event_stratified_splits(table.event, 3, 0)
+    assert len(seen) == 3
+    for ids, (_, te) in zip(seen, splits, strict=True):
+        assert not ids & set(table.ids[te])
+    assert r.model == "coxph+tuned"
+    grid = [{"alpha": a, "log_skewed": lg} for lg in (False, True) for a in (0.0, 1.0, 10.0)]
+    assert all(p in grid for p in r.provenance["chosen_params"])
+
+
+def test_tune_params_scores_every_grid_point() -> None:
+    table = load_survival_dataset("veterans")
+    best, scored = tune_params(table, "coxph", PrognosisConfig(models=("coxph",), inner_cv=3))
+    assert len(scored) == 6 and best == max(scored, key=lambda s: s[1])[0]
+
+
+# --- scikit-survival user guide, GBSG2 -------------------------------------------------------
+
+RSF_GUIDE_SCHEMA = SurvivalSchema(  # the guide's column order: one-hot horTh/menostat, ordinal tgrade last
+    time="time",
+    event="cens",
+    covariates=(
+        Covariate("age"),
+        Covariate("estrec"),
+        Covariate("horTh", "binary", ("no", "yes")),
+        Covariate("menostat", "binary", ("Pre", "Post")),
+        Covariate("pnodes"),
+        Covariate("progrec"),
+        Covariate("tsize"),
+        Covariate("tgrade", "ordinal", ("I", "II", "III")),
+    ),
+)
+
+
+def _guide_table(schema: SurvivalSchema | None = None) -> SurvivalTable:
+    table = load_survival_dataset("gbsg2")
+    if schema is None:
+        return table
+    return SurvivalTable(table.X[schema.names], table.time, table.event, schema, "gbsg2")
+
+
+@pytest.mark.slow
+def test_reproduces_random_survival_forest_guide() -> None:
+    """'Using Random Survival Forests': 1000 trees, split 75/25 with random_state=20 -> C = 0.6745."""
+    from sklearn.model_selection import train_test_split
+
+    table = _guide_table(RSF_GUIDE_SCHEMA)
+    tr, te = train_test_split(np.arange(len(table)), test_size=0.25, random_state=20)
+    params = {"n_estimators": 1000, "min_samples_split": 10, "min_samples_leaf": 15, "max_features": "sqrt"}
+    pipe = SurvivalPipeline(table.schema, "rsf", params, seed=20, fusion=FusionConfig(standardize=False))
+    pipe.fit(table.X.iloc[tr], table.y[tr])
+    c = harrell_c(table.event[te], table.time[te], pipe.predict_risk(table.X.iloc[te]))
+    assert c == pytest.approx(0.6745, abs=5e-4)
+
+
+def test_reproduces_evaluating_survival_models_guide() -> None:
+    """'Evaluating Survival Models' (Brier score section): RSF(max_depth=2) / Coxnet(l1_ratio=0.99)
+    C = 0.692 / 0.688 and IBS = 0.192 / 0.189 on the stratified split with random_state=1."""
+    from sklearn.model_selection import train_test_split
+
+    table = _guide_table()
+    tr, te = train_test_split(np.arange(len(table)), stratify=table.event, random_state=1)
+    lower, upper = np.percentile(table.time, [10, 90])
+    times = np.arange(lower, upper + 1)
+    got = {}
+    for name, params, seed in (("rsf", {"max_depth": 2}, 1), ("coxnet", {"l1_ratio": 0.99}, 0)):
+        pipe = SurvivalPipeline(table.schema, name, params, seed=seed, fusion=FusionConfig(standardize=False))
+        pipe.fit(table.X.iloc[tr], table.y[tr])
+        c = harrell_c(table.event[te], table.time[te], pipe.predict_risk(table.X.iloc[te]))
+        surv = pipe.predict_survival(table.X.iloc[te], times)
+        ibs = integrated_brier(table.event, table.time, table.event[te], table.time[te], surv, times)
+        got[name] = (round(c, 3), round(ibs, 3))
+    assert got == {"rsf": (0.692, 0.192), "coxnet": (0.688, 0.189)}
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the diverging Newton steps overflow, as expected
+def test_a_model_that_cannot_be_fitted_is_recorded_as_failed_and_others_still_run() -> None:
+    """Unpenalised Cox on 82 covariates (76 genes) and ~130 training rows diverges in scikit-survival."""
+    table = load_survival_dataset("breast_cancer")
+    cfg = PrognosisConfig(models=("coxph", "coxnet"), cv=3, n_boot=0, params={"coxnet": {"alpha": 0.1}})
+    failed, ok = run_prognosis(table, cfg, progress=False)
+    assert failed.metrics == {} and "coxph: fitting failed" in failed.extra["error"]
+    assert ok.metrics["c_harrell"].value > 0.55
