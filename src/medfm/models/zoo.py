@@ -25,6 +25,8 @@ from medfm.models import hub
 from medfm.models.base import ModelAdapter
 from medfm.models.card import ModelCard, card_from_dict, card_to_dict
 from medfm.models.cards import builtin_cards
+from medfm.models.generators import GENERATOR_BACKENDS
+from medfm.models.generators.cards import generator_cards
 
 if TYPE_CHECKING:
     import torch
@@ -38,6 +40,7 @@ BACKENDS: dict[str, str] = {
     "sam": "medfm.models.adapters.sam",
     "monai": "medfm.models.adapters.monai_",
     "native": "medfm.models.native",
+    **GENERATOR_BACKENDS,
 }
 
 
@@ -48,7 +51,7 @@ def register_model_card(card: ModelCard) -> ModelCard:
     return MODELS.register(card.id, card)
 
 
-for _card in builtin_cards():
+for _card in (*builtin_cards(), *generator_cards()):
     register_model_card(_card)
 
 

@@ -1,0 +1,208 @@
+"""``medfm vqa``, ``medfm report-eval``, ``medfm synth``: generation tasks and their metrics.
+
+Each writes ``results.json`` (``medfm.results.write_results``) into ``--out`` and prints a
+metric table (or ``--json``) on stdout; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from medfm.cli._common import err_console, out_console, print_json, progress
+from medfm.errors import InputError, MissingDataError
+
+
+def _metrics_table(records: list, keys: list[str] | None = None) -> None:
+    from rich.table import Table
+
+    for rec in records:
+        table = Table(title=f"{rec.dataset} / {rec.protocol} / {rec.model} (n={rec.n})")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        table.add_column("95% CI", justify="right")
+        for name, mv in rec.metrics.items():
+            if keys is not None and name not in keys:
+                continue
+            ci = f"{mv.ci_low:.3f} - {mv.ci_high:.3f}" if mv.ci_low is not None and mv.ci_high is not None else ""
+            table.add_row(name, f"{mv.value:.4f}", ci)
+        out_console.print(table)
+
+
+def _summary(records: list, out: Path | None) -> dict:
+    return {
+        "results": str(out / "results.json") if out else None,
+        "records": [
+            {"dataset": r.dataset, "protocol": r.protocol, "model": r.model, "n": r.n,
+             "metrics": {k: {"value": v.value, "ci_low": v.ci_low, "ci_high": v.ci_high} for k, v in r.metrics.items()}}
+            for r in records
+        ],
+    }
+
+
+def _resolve_folder(name: str, data_dir: str | None) -> Path:
+    """A folder path as given, else ``<data location>/<name>``."""
+    from medfm._paths import data_dir as resolve
+
+    p = Path(name).expanduser()
+    if p.is_dir():
+        return p
+    root, _ = resolve(data_dir)
+    if (root / name).is_dir():
+        return root / name
+    raise MissingDataError(f"{name}: not a folder, and not found under the data location {root}")
+
+
+def vqa(
+    train: str = typer.Option(..., "--train", help="VQA folder (images/ + qa.json), or its name under the data location."),
+    test: str | None = typer.Option(None, "--test", help="Test folder; default: an image-disjoint split of --train."),
+    model: str | None = typer.Option(None, "--model", help="Generator id for generative answering (e.g. medgemma/4b-it)."),
+    base_url: str | None = typer.Option(None, "--base-url", help="With --model NAME: an OpenAI-compatible server serving it."),
+    image_encoder: str = typer.Option("pixels-pca", "--image-encoder", help="'pixels-pca', a zoo id, or 'none'."),
+    fusion: str = typer.Option("mlp", "--fusion", help="Classifier of the discriminative baseline: mlp or linear."),
+    generate_limit: int | None = typer.Option(None, "--generate-limit", help="Answer only the first N test questions generatively."),
+    test_fraction: float = typer.Option(0.3, "--test-fraction", help="Share of images held out when no --test is given."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the CIs."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str | None = typer.Option(None, "--device"),
+    data_dir: str | None = typer.Option(None, "--data-dir", help="Data location for folder names."),
+    out: Path = typer.Option(..., "--out", help="Output folder (results.json)."),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty --out."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+) -> None:
+    """Visual question answering: majority, question-only, discriminative and generative answers."""
+    from medfm._paths import prepare_out_dir
+    from medfm.data.vqa import load_vqa_folder
+    from medfm.errors import ConfigError
+
+    if base_url and not model:
+        raise ConfigError("--base-url needs --model (the model name the server knows)")
+    from medfm.results import write_results
+    from medfm.tasks.vqa import VQAConfig, run_vqa, split_train_test
+
+    out = prepare_out_dir(out, force=force)
+    cfg = VQAConfig(
+        image_encoder=None if image_encoder.lower() == "none" else image_encoder, fusion=fusion, model=model, base_url=base_url,
+        generate_limit=generate_limit, test_fraction=test_fraction, n_boot=n_boot, seed=seed, device=device,
+    )
+    train_dir = _resolve_folder(train, data_dir)
+    items = load_vqa_folder(train_dir)
+    if test is not None:
+        tr, te, split = items, load_vqa_folder(_resolve_folder(test, data_dir)), "test"
+    else:
+        tr, te = split_train_test(items, cfg)
+        split = f"image-disjoint-{cfg.test_fraction:g}-seed{cfg.seed}"
+    err_console.print(f"vqa: {len(tr)} training and {len(te)} test questions")
+    records = run_vqa(tr, te, cfg, dataset=train_dir.name, split=split, progress=progress)
+    write_results(out / "results.json", records, cfg)
+    if json_out:
+        print_json(_summary(records, out))
+    else:
+        _metrics_table(records, ["closed_accuracy", "open_accuracy", "accuracy", "open_token_f1", "open_bleu1"])
+
+
+def report_eval(
+    pred: Path = typer.Option(..., "--pred", help="CSV with id,report (generated reports)."),
+    ref: Path = typer.Option(..., "--ref", help="CSV with id,report (reference reports)."),
+    meteor: str = typer.Option("auto", "--meteor", help="auto | java (METEOR 1.5) | nltk (no WordNet) | off."),
+    n_boot: int = typer.Option(1000, "--n-boot"),
+    seed: int = typer.Option(0, "--seed"),
+    out: Path | None = typer.Option(None, "--out", help="Output folder for results.json (optional)."),
+    force: bool = typer.Option(False, "--force"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Score generated reports: BLEU-1..4, ROUGE-L, METEOR, CIDEr, clinical-efficacy F1."""
+    import hashlib
+    import time
+
+    from medfm._paths import file_hash, prepare_out_dir
+    from medfm.data.reports import paired_reports
+    from medfm.results import Record, make_provenance, write_results
+    from medfm.tasks.report_gen import evaluate_reports
+
+    if out is not None:
+        out = prepare_out_dir(out, force=force)
+    t0 = time.perf_counter()
+    ids, preds, refs = paired_reports(pred, ref)
+    metrics = evaluate_reports(preds, refs, meteor=meteor, n_boot=n_boot, seed=seed)
+    spec = {"pred": str(pred), "ref": str(ref), "meteor": meteor, "n_boot": n_boot, "seed": seed}
+    checksum = hashlib.sha256((file_hash(pred) + file_hash(ref)).encode()).hexdigest()
+    rec = Record(dataset=ref.stem, split="test", model=pred.stem, protocol="report_gen/eval", metrics=metrics,
+                 seed=seed, n=len(ids), seconds=round(time.perf_counter() - t0, 3),
+                 provenance=make_provenance(spec, data_checksum=checksum))
+    if out is not None:
+        write_results(out / "results.json", [rec], spec)
+    if json_out:
+        print_json(_summary([rec], out))
+    else:
+        _metrics_table([rec])
+
+
+def synth(
+    dataset: str = typer.Option(..., "--dataset", help="2D dataset name, e.g. breastmnist."),
+    data_dir: str | None = typer.Option(None, "--data-dir"),
+    train_steps: int = typer.Option(1500, "--train-steps", help="Optimiser steps of the diffusion model."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    channels: str = typer.Option("16,32", "--channels", help="UNet widths per level, e.g. 16,32."),
+    sample_steps: int = typer.Option(25, "--sample-steps", help="DDIM sampling steps."),
+    n_per_class: int | None = typer.Option(None, "--n-per-class", help="Synthetic images per class (default: as in train)."),
+    max_train: int | None = typer.Option(None, "--max-train", help="Use at most N training images."),
+    feature_encoder: str = typer.Option("random/vit-b16", "--feature-encoder", help="Zoo encoder for FD / precision / recall / probes."),
+    n_boot: int = typer.Option(1000, "--n-boot"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str | None = typer.Option(None, "--device"),
+    out: Path = typer.Option(..., "--out"),
+    force: bool = typer.Option(False, "--force"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Train a class-conditional diffusion model, sample, and score the samples against real images."""
+    import numpy as np
+
+    from medfm._paths import atomic_path, prepare_out_dir
+    from medfm.results import write_results
+    from medfm.tasks.synthesis import DiffusionConfig, SynthConfig, run_synthesis
+
+    try:
+        widths = tuple(int(c) for c in channels.split(",") if c.strip())
+    except ValueError as exc:
+        raise InputError(f"--channels: expected integers like 16,32, got {channels!r}") from exc
+    out = prepare_out_dir(out, force=force)
+    cfg = SynthConfig(
+        diffusion=DiffusionConfig(channels=widths, train_steps=train_steps, batch_size=batch_size, sample_steps=sample_steps, seed=seed),
+        feature_encoder=feature_encoder, n_per_class=n_per_class, max_train=max_train, n_boot=n_boot, seed=seed, device=device,
+    )
+    rec, images, labels, _ = run_synthesis(dataset, cfg, data_dir=data_dir, progress=progress)
+    with atomic_path(out / "samples.npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, images=images, labels=labels)
+    _save_grid(images, labels, out / "samples.png")
+    write_results(out / "results.json", [rec], cfg)
+    if json_out:
+        print_json(_summary([rec], out))
+    else:
+        _metrics_table([rec])
+
+
+def _save_grid(images, labels, path: Path, per_class: int = 8) -> None:
+    """A PNG with up to ``per_class`` samples per class, one row per class."""
+    import numpy as np
+    from PIL import Image as PILImage
+
+    from medfm._paths import atomic_path
+
+    rows = []
+    for c in np.unique(labels):
+        sel = images[labels == c][:per_class]
+        tiles = [np.moveaxis(t, 0, -1) if t.shape[0] in (3,) else t[0] for t in sel]
+        pad = [np.zeros_like(tiles[0])] * (per_class - len(tiles))
+        rows.append(np.concatenate(tiles + pad, axis=1))
+    grid = np.concatenate(rows, axis=0)
+    with atomic_path(path) as tmp:
+        PILImage.fromarray(grid).save(tmp, format="PNG")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("vqa")(vqa)
+    app.command("report-eval")(report_eval)
+    app.command("synth")(synth)

@@ -1,0 +1,213 @@
+"""Discriminative VQA baseline: question embedding (+ image features) -> answer classifier.
+
+Answers are classes seen in training (normalised strings); closed and open questions get
+separate classifiers, chosen by the dataset's ``answer_type`` flag (given at test time, as in
+the MEVF protocol). Fusion ``linear``: logistic regression on [question, image] features;
+``mlp``: one hidden layer (sklearn ``MLPClassifier``) on the same features, which can model
+question x image interactions; ``attributes`` adds question-image agreement features: image
+attribute classifiers (organ from the data, modality/plane mined from training answers) are
+fitted on the training images and their probabilities for the values a question names become
+features. Every parameter is fitted on the training items only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from medfm.data.vqa import VQAItem
+from medfm.errors import ConfigError, InputError
+from medfm.metrics.text import normalize_answer
+
+FUSIONS = ("linear", "mlp")
+
+# attribute group -> value -> question words that name it (lower-case, whole words)
+ATTRIBUTES: dict[str, dict[str, tuple[str, ...]]] = {
+    "modality": {
+        "ct": ("ct", "cat scan", "computed tomography"),
+        "mri": ("mri", "mr", "t1", "t2", "flair", "magnetic resonance", "dwi", "adc"),
+        "xray": ("x-ray", "xray", "x ray", "radiograph", "film", "plain film", "cxr"),
+    },
+    "plane": {
+        "axial": ("axial", "transverse"),
+        "coronal": ("coronal",),
+        "sagittal": ("sagittal",),
+        "pa": ("pa", "posteroanterior", "ap", "anteroposterior", "frontal"),
+    },
+    "organ": {
+        "HEAD": ("brain", "head", "skull", "cranial", "cerebral"),
+        "CHEST": ("chest", "lung", "lungs", "thorax", "heart", "thoracic"),
+        "ABD": ("abdomen", "abdominal", "liver", "kidney", "kidneys", "bowel", "pancreas", "spleen"),
+    },
+}
+
+
+@dataclass(frozen=True)
+class DiscriminativeConfig:
+    """Settings of the discriminative baseline (choose them on a validation split of training images)."""
+
+    image_encoder: str | None = "pixels-pca"
+    fusion: str = "mlp"
+    attributes: bool = True
+    image_weight: float = 0.1  # scale of standardised image features beside unit-norm question embeddings
+    pca_components: int = 32
+    C: float = 1.0
+    hidden: int = 128
+    alpha: float = 0.1
+    max_iter: int = 300
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.fusion not in FUSIONS:
+            raise ConfigError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+
+
+def _mentions(question: str) -> dict[tuple[str, str], bool]:
+    q = " " + " ".join(re.findall(r"[a-z0-9\-]+", question.lower())) + " "
+    return {(g, v): any(f" {w} " in q for w in words) for g, vals in ATTRIBUTES.items() for v, words in vals.items()}
+
+
+def image_attribute_labels(items: Sequence[VQAItem]) -> dict[str, dict[str, str]]:
+    """Per training image, attribute values mined from its questions and answers.
+
+    organ: the record's ``organ`` field; modality / plane: an open answer naming one value,
+    or a closed question naming one value answered "yes".
+    """
+    labels: dict[str, dict[str, str]] = {}
+    for it in items:
+        lab = labels.setdefault(it.image_name, {})
+        if it.organ in ATTRIBUTES["organ"]:
+            lab["organ"] = it.organ
+        for group in ("modality", "plane"):
+            named = [v for (g, v), hit in _mentions(it.answer).items() if g == group and hit]
+            if it.answer_type == "OPEN" and len(named) == 1:
+                lab[group] = named[0]
+            asked = [v for (g, v), hit in _mentions(it.question).items() if g == group and hit]
+            if it.answer_type == "CLOSED" and len(asked) == 1 and normalize_answer(it.answer) == "yes":
+                lab[group] = asked[0]
+    return labels
+
+
+class AttributeModel:
+    """Image attribute classifiers (logistic regression on image features) -> agreement features."""
+
+    def __init__(self, C: float = 1.0) -> None:
+        self.C = C
+        self.models: dict[str, Any] = {}
+
+    def fit(self, names: list[str], feats: np.ndarray, labels: dict[str, dict[str, str]]) -> AttributeModel:
+        from sklearn.linear_model import LogisticRegression
+
+        for group in ATTRIBUTES:
+            idx = [i for i, n in enumerate(names) if group in labels.get(n, {})]
+            y = [labels[names[i]][group] for i in idx]
+            if len(set(y)) >= 2:
+                self.models[group] = LogisticRegression(C=self.C, max_iter=2000).fit(feats[idx], y)
+        return self
+
+    def features(self, questions: list[str], feats: np.ndarray) -> np.ndarray:
+        """(N, 2 * groups): [P(named value | image), question names a value] per group."""
+        cols = []
+        mentions = [_mentions(q) for q in questions]
+        for group, values in ATTRIBUTES.items():
+            model = self.models.get(group)
+            probs = model.predict_proba(feats) if model is not None else None
+            classes = list(model.classes_) if model is not None else []
+            match = np.zeros(len(questions))
+            named = np.zeros(len(questions))
+            for i, m in enumerate(mentions):
+                vals = [v for v in values if m[(group, v)]]
+                if vals:
+                    named[i] = 1.0
+                    if probs is not None:
+                        match[i] = sum(probs[i, classes.index(v)] for v in vals if v in classes)
+            cols += [match, named]
+        return np.stack(cols, axis=1).astype(np.float32)
+
+
+def _classifier(cfg: DiscriminativeConfig, kind: str) -> Any:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+
+    # open answers: hundreds of classes with a few examples each -> the linear model only
+    if cfg.fusion == "mlp" and kind == "CLOSED":
+        return MLPClassifier((cfg.hidden,), alpha=cfg.alpha, max_iter=cfg.max_iter, random_state=cfg.seed)
+    return LogisticRegression(C=cfg.C, max_iter=2000)
+
+
+class ConstantModel:
+    """Predicts one answer (a head whose training answers are all the same)."""
+
+    def __init__(self, answer: str) -> None:
+        self.answer = answer
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.array([self.answer] * len(x), dtype=object)
+
+
+def fit_predict(
+    train: Sequence[VQAItem],
+    test: Sequence[VQAItem],
+    cfg: DiscriminativeConfig,
+    image_features: tuple[np.ndarray, np.ndarray] | None = None,
+) -> list[str]:
+    """Fit on ``train``, answer ``test``. ``image_features`` = (train (N, D), test (M, D)) rows
+    aligned with the items (None: question-only)."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    from medfm.tasks.vqa.features import encode_questions
+
+    if not train or not test:
+        raise InputError("VQA baseline: empty train or test set")
+    q_all = encode_questions(sorted({it.question for it in train} | {it.question for it in test}))
+    index = {q: i for i, q in enumerate(sorted({it.question for it in train} | {it.question for it in test}))}
+    xtr = q_all[[index[it.question] for it in train]]
+    xte = q_all[[index[it.question] for it in test]]
+    if image_features is not None:
+        itr, ite = image_features
+        mu, sd = itr.mean(0), itr.std(0) + 1e-6  # standardised with training statistics
+        parts_tr = [xtr, (itr - mu) / sd * cfg.image_weight]
+        parts_te = [xte, (ite - mu) / sd * cfg.image_weight]
+        if cfg.attributes:
+            names = [it.image_name for it in train]
+            first = {n: i for i, n in reversed(list(enumerate(names)))}
+            uniq = sorted(first)
+            attr = AttributeModel().fit(uniq, itr[[first[n] for n in uniq]], image_attribute_labels(train))
+            parts_tr.append(attr.features([it.question for it in train], itr))
+            parts_te.append(attr.features([it.question for it in test], ite))
+        xtr, xte = np.hstack(parts_tr), np.hstack(parts_te)
+    ytr = np.array([normalize_answer(it.answer) for it in train], dtype=object)
+    preds = np.empty(len(test), dtype=object)
+    for kind in ("CLOSED", "OPEN"):
+        mtr = np.array([it.answer_type == kind for it in train])
+        mte = np.array([it.answer_type == kind for it in test])
+        if not mte.any():
+            continue
+        if not mtr.any():
+            raise InputError(f"VQA baseline: no {kind} questions in training to learn {kind} answers from")
+        classes = Counter(ytr[mtr])
+        if len(classes) == 1:
+            model: Any = ConstantModel(next(iter(classes)))
+        else:
+            model = _classifier(cfg, kind)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                model.fit(xtr[mtr], ytr[mtr].astype(str))
+        preds[mte] = model.predict(xte[mte])
+    return [str(p) for p in preds]
+
+
+def majority_answers(train: Sequence[VQAItem], test: Sequence[VQAItem]) -> list[str]:
+    """Most frequent training answer per answer type (the majority baseline)."""
+    best = {}
+    for kind in ("CLOSED", "OPEN"):
+        c = Counter(normalize_answer(it.answer) for it in train if it.answer_type == kind)
+        best[kind] = c.most_common(1)[0][0] if c else ""
+    return [best[it.answer_type] for it in test]

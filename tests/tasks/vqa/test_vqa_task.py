@@ -1,0 +1,133 @@
+"""VQA protocol: folder loading, image-disjoint splits, scoring, baselines on data built in the test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medfm.data.vqa import image_disjoint_split, load_vqa_folder
+from medfm.errors import ConfigError, InputError
+from medfm.models.card import ModelCard
+from medfm.models.generators import GeneratorAdapter
+from medfm.tasks.vqa import VQAConfig, run_vqa
+from medfm.tasks.vqa.discriminative import DiscriminativeConfig, fit_predict, majority_answers
+from medfm.tasks.vqa.evaluate import vqa_metrics
+from medfm.tasks.vqa.generative import generate_answers, short_answer
+
+QUESTIONS = ["Is there a mass?", "Is a lesion present?", "Is the image abnormal?"]
+
+
+def make_vqa_folder(root: Path, n_images: int = 24, seed: int = 0) -> Path:
+    """Bright-square images answer 'yes' to every question, dark ones 'no'; plus one open question."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    qa, qid = [], 0
+    for i in range(n_images):
+        bright = i % 2 == 0
+        img = rng.normal(50, 8, (32, 32))
+        if bright:
+            img[6:26, 6:26] += 150
+        name = f"img{i:03d}.png"
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "images" / name)
+        for q in QUESTIONS:
+            qid += 1
+            qa.append({"qid": qid, "image_name": name, "image_organ": "CHEST", "question": q,
+                       "answer": "Yes" if bright else "No", "answer_type": "CLOSED ", "question_type": "PRES",
+                       "phrase_type": "freeform", "official_split": "train"})
+        qid += 1
+        qa.append({"qid": qid, "image_name": name, "image_organ": "CHEST", "question": "What is abnormal?",
+                   "answer": "mass" if bright else "nothing", "answer_type": "OPEN", "question_type": "ABN",
+                   "phrase_type": "freeform", "official_split": "train"})
+    (root / "qa.json").write_text(json.dumps(qa))
+    return root
+
+
+@pytest.fixture(scope="module")
+def vqa_items(tmp_path_factory):
+    return load_vqa_folder(make_vqa_folder(tmp_path_factory.mktemp("vqa")))
+
+
+def test_loader_and_split(vqa_items, tmp_path) -> None:
+    assert len(vqa_items) == 96 and vqa_items[0].answer_type == "CLOSED"  # trailing space stripped
+    tr, te = image_disjoint_split(vqa_items, 0.25, seed=3)
+    assert not {i.image_name for i in tr} & {i.image_name for i in te}
+    assert len({i.image_name for i in te}) == 6
+    assert image_disjoint_split(vqa_items, 0.25, seed=3) == (tr, te)
+    bad = tmp_path / "bad"
+    (bad / "images").mkdir(parents=True)
+    (bad / "qa.json").write_text(json.dumps([{"qid": 1, "image_name": "x.png", "question": "q", "answer": "a", "answer_type": "OPEN"}]))
+    with pytest.raises(InputError, match="x.png"):
+        load_vqa_folder(bad)
+
+
+def test_metrics_by_hand(vqa_items) -> None:
+    items = vqa_items[:8]  # 2 images: 6 closed + 2 open
+    preds = ["yes", "yes", "no", "mass", "yes", "no", "no", "something"]
+    m = vqa_metrics(items, preds, n_boot=100)
+    # closed truths: yes yes yes | no no no -> preds yes yes no | yes no no -> 4/6 correct
+    assert m["closed_accuracy"].value == pytest.approx(4 / 6)
+    assert m["open_accuracy"].value == pytest.approx(0.5)
+    assert m["closed_accuracy"].ci_low <= m["closed_accuracy"].value <= m["closed_accuracy"].ci_high
+    assert "accuracy[qtype=PRES]" in m
+
+
+def test_image_features_beat_question_only(vqa_items) -> None:
+    from medfm.tasks.vqa.run import image_features
+
+    tr, te = image_disjoint_split(vqa_items, 0.25, seed=0)
+    closed = np.array([i.answer_type == "CLOSED" for i in te])
+    truth = np.array([i.answer.lower() for i in te])
+    q_only = np.array(fit_predict(tr, te, DiscriminativeConfig(image_encoder=None, fusion="linear")))
+    ftr, fte, _ = image_features(tr, te, "pixels-pca", seed=0)
+    with_img = np.array(fit_predict(tr, te, DiscriminativeConfig(fusion="linear", image_weight=1.0), (ftr, fte)))
+    acc_q = np.mean(q_only[closed] == truth[closed])
+    acc_i = np.mean(with_img[closed] == truth[closed])
+    assert acc_i >= 0.9 and acc_i > acc_q
+    assert set(majority_answers(tr, te)) <= {"yes", "no", "mass", "nothing"}
+
+
+class _BrightnessGenerator(GeneratorAdapter):
+    """Says 'Yes, ...' for bright images: enough to check the generative plumbing."""
+
+    accepts_images = True
+
+    def __init__(self) -> None:
+        super().__init__(ModelCard(id="test/bright", backend="openai_http", source=None, license="n/a",
+                                   capabilities=frozenset({"generator"}), config={"prompt_templates": {"vqa": "Q: {question}"}}))
+        self.prompts: list[str] = []
+
+    def generate(self, prompt, images=None, **kwargs):
+        self.prompts.append(prompt)
+        arr = np.asarray(Image.open(images[0]))
+        return "Yes, there is.\nMore text" if arr.mean() > 90 else "No."
+
+
+def test_generative_answers(vqa_items) -> None:
+    gen = _BrightnessGenerator()
+    items = [i for i in vqa_items if i.answer_type == "CLOSED"][:6]
+    preds = generate_answers(gen, items, max_new_tokens=4)
+    assert [p for p in preds] == [i.answer.lower() for i in items]
+    assert gen.prompts[0] == "Q: Is there a mass?"
+    assert short_answer("Axial plane.", closed=False) == "Axial plane"
+
+
+def test_run_vqa_records(vqa_items) -> None:
+    tr, te = image_disjoint_split(vqa_items, 0.25, seed=0)
+    recs = run_vqa(tr, te, VQAConfig(n_boot=50, fusion="linear"), dataset="toy")
+    assert [r.protocol for r in recs] == ["vqa/majority", "vqa/question_only", "vqa/discriminative"]
+    assert recs[2].metrics["closed_accuracy"].value > recs[1].metrics["closed_accuracy"].value
+    assert recs[2].extra["validation_closed_accuracy"]
+    with pytest.raises(ConfigError, match="image-disjoint"):
+        run_vqa(tr, tr[:3], VQAConfig(n_boot=10))
+
+
+@pytest.mark.slow
+def test_real_vqa_rad_loads(shared_data) -> None:
+    items = load_vqa_folder(shared_data / "vqa_rad")
+    assert len(items) == 2332
+    assert sum(i.answer_type == "CLOSED" for i in items) == 1402
+    assert len(load_vqa_folder(shared_data / "vqa_rad", split="test")) == 310
