@@ -1,0 +1,183 @@
+"""``medfm segment``, ``medfm train-seg``, ``medfm seg-eval``: segmentation from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from medfm.errors import ConfigError
+
+DATA_DIR_HELP = "Data location (default: $MEDFM_DATA, else ~/.cache/medfm/data)."
+
+
+def _int_tuple(text: str | None, what: str) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{what}: expected comma-separated integers, got '{text}'") from None
+
+
+def register(app: typer.Typer) -> None:
+    app.command("segment")(segment_command)
+    app.command("train-seg")(train_seg_command)
+    app.command("seg-eval")(seg_eval_command)
+
+
+def segment_command(
+    model: str = typer.Option(..., "--model", "-m", help="Zoo segmenter id (e.g. medsam/vit-base) or a folder written by train-seg."),
+    input: Path = typer.Option(..., "--input", "-i", help="Image file, folder of images, or DICOM series folder."),
+    box: tuple[float, float, float, float] = typer.Option(None, "--box", help="Box prompt X0 Y0 X1 Y1 (pixels, x = column)."),
+    point: tuple[float, float] = typer.Option(None, "--point", help="Point prompt X Y (pixels, x = column)."),
+    slice_: int = typer.Option(None, "--slice", help="3D: key slice index (z) the prompt refers to (default: middle)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (NIfTI masks, overlays/, dicom_seg/)."),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty --out."),
+    device: str = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+) -> None:
+    """Segment images: a trained model, or a promptable one with --box / --point (3D: propagated
+    from --slice through neighbouring slices). Writes masks as NIfTI on the source geometry, PNG
+    overlays and, for a DICOM series input, a DICOM-SEG referencing it."""
+    from medfm._paths import prepare_out_dir
+    from medfm._runtime import configure_threads, default_device
+    from medfm.cli._common import out_console, print_json
+    from medfm.tasks.segmentation.pipeline import SegmentOptions, segment_inputs
+
+    if box is not None and point is not None:
+        raise ConfigError("give either --box or --point, not both")
+    configure_threads()
+    out_dir = prepare_out_dir(out, force=force)
+    opts = SegmentOptions(box=box, point=point, slice=slice_, overwrite=force)
+    rows = segment_inputs(model, input, out_dir, opts, device=device or default_device())
+    if json_out:
+        print_json(rows)
+        return
+    for r in rows:
+        vols = ", ".join(f"{v['name']}: {v['voxels']} px" for v in r["labels"].values())
+        out_console.print(f"{r['case']}: {r['mask']} ({vols})" + (f"; DICOM-SEG {r['dicom_seg']}" if r.get("dicom_seg") else ""))
+
+
+def train_seg_command(
+    dataset: str = typer.Option(None, "--dataset", "-d", help="Registered dataset name (e.g. msd_hippocampus, hc18)."),
+    folder: Path = typer.Option(None, "--folder", help="A dataset folder instead of a name."),
+    arch: str = typer.Option(None, "--arch", help="unet2d, unet3d, swinunetr or frozen_encoder (default: per dataset)."),
+    encoder: str = typer.Option(None, "--encoder", help="frozen_encoder: model-zoo image encoder id."),
+    minutes: float = typer.Option(None, "--minutes", help="Training time budget in minutes (wall clock)."),
+    cpu_minutes: float = typer.Option(None, "--cpu-minutes", help="Training budget in CPU minutes of this process (shared machines)."),
+    epochs: int = typer.Option(None, "--epochs", help="Maximum epochs (default 1000; the time budget usually ends first)."),
+    max_steps: int = typer.Option(None, "--max-steps", help="Maximum optimiser steps (quick checks)."),
+    patch: str = typer.Option(None, "--patch", help="Patch size, e.g. 32,48,32."),
+    input_size: str = typer.Option(None, "--input-size", help="2D: resize images to H,W before the network."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Images per batch (each gives --samples patches)."),
+    samples: int = typer.Option(None, "--samples", help="Patches sampled per image per step."),
+    channels: str = typer.Option(None, "--channels", help="UNet widths, e.g. 16,32,64,128,256."),
+    lr: float = typer.Option(None, "--lr", help="AdamW learning rate (default 2e-3, poly decay)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for init, sampling and bootstrap."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast where fast), bf16 or fp32."),
+    tolerance_mm: float = typer.Option(1.0, "--tolerance-mm", help="NSD tolerance in mm for the test evaluation."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for CIs."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: the saved model + results.json."),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty --out."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a run in --out from its last checkpoint."),
+    eval_only: bool = typer.Option(False, "--eval-only", help="Evaluate the model saved in --out on the test split; no training."),
+    data_dir: Path = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    device: str = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+) -> None:
+    """Train a segmentation network (MONAI) on a dataset's train split, select on val, report test."""
+    from medfm._paths import prepare_out_dir
+    from medfm._runtime import configure_threads, default_device
+    from medfm.cli._common import out_console, print_json
+    from medfm.tasks.segmentation.pipeline import DATASET_DEFAULTS, nan_to_none, train_and_evaluate
+    from medfm.tasks.segmentation.train import SegTrainConfig
+
+    if (dataset is None) == (folder is None):
+        raise ConfigError("give exactly one of --dataset NAME or --folder DIR")
+    name = dataset if dataset is not None else str(folder)
+    defaults = dict(DATASET_DEFAULTS.get(dataset or "", {}))
+    cfg = SegTrainConfig(**defaults)
+    if arch is not None:
+        if arch != defaults.get("arch", arch):  # another arch: its own default patch
+            cfg.patch_size = ()
+        cfg.arch = arch
+    given = {
+        "encoder": encoder, "minutes": minutes, "cpu_minutes": cpu_minutes, "epochs": epochs, "max_steps": max_steps, "batch_size": batch_size,
+        "samples_per_image": samples, "lr": lr, "precision": precision, "seed": seed,
+        "patch_size": _int_tuple(patch, "--patch") or None, "input_size": _int_tuple(input_size, "--input-size") or None,
+        "channels": _int_tuple(channels, "--channels") or None,
+    }
+    for k, v in given.items():
+        if v is not None:
+            setattr(cfg, k, v)
+    if cfg.precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"--precision must be auto, bf16 or fp32, got '{cfg.precision}'")
+    configure_threads()
+    out_dir = prepare_out_dir(out, force=force, resume=resume or eval_only)
+    res = train_and_evaluate(name, cfg, out_dir, data_dir=data_dir, resume=resume, device=device or default_device(),
+                             tolerance_mm=tolerance_mm, n_boot=n_boot, eval_only=eval_only)
+    doc = nan_to_none({"out": str(res.out), "best_val_dice": res.best_val_dice, "minutes": res.minutes,
+                       "cpu_minutes": res.cpu_minutes,
+                       "epochs": res.epochs, "steps": res.steps, "test": res.test, "hc18": res.hc18})
+    if json_out:
+        print_json(doc)
+        return
+    out_console.print(f"model: {res.out} (best val Dice {res.best_val_dice}, {res.epochs} epochs, {res.minutes:.1f} min, {res.cpu_minutes:.1f} CPU min)")
+    for group, vals in res.test.items():
+        d = vals["dice"]
+        out_console.print(f"test {group}: Dice {d['mean']:.4f} [{d['ci_low']:.4f}, {d['ci_high']:.4f}], "
+                          f"HD95 {vals['hd95_mm']['mean']:.2f} mm, NSD {vals['nsd']['mean']:.4f} (n={d['n']})")
+    if res.hc18:
+        m = res.hc18["hc_mad_mm"]
+        e = res.hc18["dice_ellipse_fit"]
+        out_console.print(f"test HC MAD {m['mean']:.2f} mm [{m['ci_low']:.2f}, {m['ci_high']:.2f}] "
+                          f"(mask offset {res.hc18['offset_px_from_train']['offset_px']:.2f} px from train); "
+                          f"Dice of the fitted ellipse {e['mean']:.4f} [{e['ci_low']:.4f}, {e['ci_high']:.4f}]")
+
+
+def seg_eval_command(
+    pred_dir: Path = typer.Argument(..., help="Folder of predicted masks (NIfTI, NRRD, PNG ...)."),
+    gt_dir: Path = typer.Argument(..., help="Folder of reference masks with the same case names."),
+    labels: str = typer.Option(None, "--labels", help="Declared label values, e.g. 1,2 (default: those in the references)."),
+    tolerance_mm: float = typer.Option(1.0, "--tolerance-mm", help="Normalised surface Dice tolerance (mm)."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for CIs over cases."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    out: Path = typer.Option(None, "--out", "-o", help="Write cases.csv and results.json here."),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty --out."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+) -> None:
+    """Dice, IoU, HD95, ASSD, NSD (mm) and volume difference per case and label, with bootstrap CIs.
+    Every case counts; a label absent in both masks scores Dice 1 (empty vs empty)."""
+    from medfm._paths import prepare_out_dir
+    from medfm.cli._common import err_console, out_console, print_json
+    from medfm.results import write_results
+    from medfm.tasks.segmentation.evaluate import SegEvalConfig, evaluate_folders, to_records, write_case_csv
+    from medfm.tasks.segmentation.pipeline import nan_to_none
+
+    lab = _int_tuple(labels, "--labels") or None
+    out_dir = prepare_out_dir(out, force=force) if out is not None else None
+    res = evaluate_folders(pred_dir, gt_dir, lab, tolerance_mm, n_boot, seed)
+
+    cfg = SegEvalConfig(str(pred_dir), str(gt_dir), res.labels, tolerance_mm, n_boot, seed)
+    if out_dir is not None:
+        write_case_csv(res.rows, out_dir / "cases.csv")
+        write_results(out_dir / "results.json", to_records(res, str(gt_dir), "all", str(pred_dir), "seg-eval", cfg, seed=seed), cfg)
+    doc = nan_to_none({"n_cases": res.n_cases, "labels": list(res.labels), "summary": res.summary, "cases": res.rows,
+                       "notes": res.notes})
+    if json_out:
+        print_json(doc)
+        return
+    from rich.table import Table
+
+    table = Table("group", "Dice", "IoU", "HD95 mm", "ASSD mm", "NSD", "|dV| ml", "n", title=f"{res.n_cases} cases")
+    for group, vals in res.summary.items():
+        def fmt(m: str, nd: int = 4) -> str:
+            s = vals[m]
+            extra = f" ({s['n_undefined']} undef.)" if s["n_undefined"] else ""
+            return f"{s['mean']:.{nd}f} [{s['ci_low']:.{nd}f}, {s['ci_high']:.{nd}f}]{extra}"
+        table.add_row(group, fmt("dice"), fmt("iou"), fmt("hd95_mm", 2), fmt("assd_mm", 2), fmt("nsd"),
+                      fmt("abs_volume_diff_ml", 3), str(vals["dice"]["n"]))
+    out_console.print(table)
+    for note in res.notes:
+        err_console.print(f"note: {note}")

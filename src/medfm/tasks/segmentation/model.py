@@ -1,0 +1,281 @@
+"""Trained segmentation models: network builders, input preparation, saving, loading, inference.
+
+A saved model is a folder with ``model.safetensors`` (the selected weights), ``model_card.json``
+(a ``ModelCard`` whose ``config`` holds everything inference needs: architecture, labels, patch
+size, intensity normalisation, input size) and the training files (``last.safetensors``,
+``train_state.pt``, ``history.json``). ``load_trained(folder)`` rebuilds it for ``medfm segment``.
+
+Arrays follow ``medfm.io.image.Image``: (C, Z, Y, X) or (C, Y, X); label maps hold the original
+label values (e.g. 0, 1, 2), the network works on class indices 0..K (0 = background).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from medfm.errors import ConfigError, InputError
+from medfm.io.image import Image
+
+if TYPE_CHECKING:
+    import torch
+
+ARCHS = ("unet2d", "unet3d", "swinunetr", "frozen_encoder")
+CARD_FILE = "model_card.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class NetSpec:
+    """What is needed to rebuild a network: architecture, channels in/out, sizes, encoder id."""
+
+    arch: str
+    in_channels: int
+    num_classes: int  # including background
+    patch_size: tuple[int, ...]
+    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    encoder: str | None = None  # model-zoo id for arch "frozen_encoder"
+    feature_size: int = 24  # SwinUNETR width
+
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.patch_size)
+
+
+def build_network(spec: NetSpec) -> torch.nn.Module:
+    """MONAI UNet (2D/3D), SwinUNETR, or a frozen zoo encoder with a light decoder."""
+    if spec.arch not in ARCHS:
+        raise ConfigError(f"unknown segmentation architecture '{spec.arch}'; choose one of {', '.join(ARCHS)}")
+    want = {"unet2d": 2, "unet3d": 3}.get(spec.arch)
+    if want is not None and spec.spatial_dims != want:
+        raise ConfigError(f"{spec.arch} needs {want}-D patches, got patch size {spec.patch_size}")
+    if spec.arch in ("unet2d", "unet3d"):
+        from monai.networks.nets import UNet
+
+        ch = tuple(spec.channels)
+        return UNet(
+            spatial_dims=spec.spatial_dims,
+            in_channels=spec.in_channels,
+            out_channels=spec.num_classes,
+            channels=ch,
+            strides=(2,) * (len(ch) - 1),
+            num_res_units=2,
+            norm="instance",
+        )
+    if spec.arch == "swinunetr":
+        from monai.networks.nets import SwinUNETR
+
+        if any(s % 32 for s in spec.patch_size):
+            raise ConfigError(f"swinunetr needs patch sizes divisible by 32, got {spec.patch_size}")
+        return SwinUNETR(
+            in_channels=spec.in_channels,
+            out_channels=spec.num_classes,
+            feature_size=spec.feature_size,
+            spatial_dims=spec.spatial_dims,
+        )
+    if spec.spatial_dims != 2:
+        raise ConfigError("frozen_encoder segmentation is 2D only (zoo encoders take 2D images)")
+    if not spec.encoder:
+        raise ConfigError("arch frozen_encoder needs an encoder id (--encoder MODEL_ID)")
+    from medfm.tasks.segmentation.frozen import FrozenEncoderSegmenter
+
+    return FrozenEncoderSegmenter(spec.encoder, spec.in_channels, spec.num_classes)
+
+
+# -- input preparation -----------------------------------------------------------------------
+
+
+def normalize_intensity(array: np.ndarray) -> np.ndarray:
+    """Per-image, per-channel z-score (float32). The same function runs in training and inference."""
+    a = np.asarray(array, dtype=np.float32)
+    axes = tuple(range(1, a.ndim))
+    mean = a.mean(axis=axes, keepdims=True)
+    std = a.std(axis=axes, keepdims=True)
+    return (a - mean) / np.maximum(std, 1e-6)
+
+
+def resize_array(array: np.ndarray, size: tuple[int, ...], mode: str) -> np.ndarray:
+    """(C, *spatial) -> (C, *size) with torch interpolation (``mode`` "bilinear"/"trilinear"/"nearest")."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.as_tensor(np.ascontiguousarray(array))[None].float()
+    kw = {} if mode == "nearest" else {"align_corners": False}
+    return F.interpolate(t, size=tuple(size), mode=mode, **kw)[0].numpy()
+
+
+def labels_to_index(mask: np.ndarray, labels: tuple[int, ...], where: str) -> np.ndarray:
+    """Label values -> class indices (0 background, i+1 for ``labels[i]``); unknown values -> InputError."""
+    m = np.asarray(mask)
+    if m.ndim >= 1 and m.shape[0] == 1:
+        m = m[0]
+    values = np.unique(m)
+    allowed = {0, *labels}
+    bad = [int(v) for v in values if int(v) not in allowed]
+    if bad or not np.all(values == np.round(values)):
+        raise InputError(f"{where}: label value(s) {bad} not among the declared labels {sorted(allowed)}")
+    lut = np.zeros(int(max(allowed)) + 1, dtype=np.int64)
+    for i, lab in enumerate(labels):
+        lut[lab] = i + 1
+    return lut[m.astype(np.int64)]
+
+
+# -- saving and loading ----------------------------------------------------------------------
+
+
+@dataclass
+class SegModelInfo:
+    """Inference settings saved in the model card's ``config``."""
+
+    net: NetSpec
+    labels: tuple[int, ...]
+    label_names: tuple[str, ...] = ()
+    input_size: tuple[int, ...] = ()  # resize images to this before the network (2D); () = native
+    overlap: float = 0.5
+    dataset: str = ""
+    val_dice: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def save_weights(module: torch.nn.Module, path: Path) -> None:
+    """Trainable state (frozen encoders excluded when the module says so) -> safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    from medfm._paths import atomic_path
+
+    state = module.state_dict_to_save() if hasattr(module, "state_dict_to_save") else module.state_dict()
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))
+
+
+def load_weights(module: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    strict = not hasattr(module, "state_dict_to_save")
+    missing, unexpected = module.load_state_dict(state, strict=strict)
+    if unexpected:
+        raise InputError(f"{path}: unexpected weights {unexpected[:3]} for this architecture")
+
+
+def write_card(folder: Path, info: SegModelInfo, name: str, weights_hash: str | None = None) -> Path:
+    """Write ``model_card.json`` describing the trained model."""
+    from medfm._config import to_dict
+    from medfm._paths import atomic_write_text
+    from medfm.models.card import ModelCard
+
+    card = ModelCard(
+        id=f"trained/{name}",
+        backend="monai",
+        source=str(folder),
+        license="same terms as its training data",
+        capabilities=frozenset({"segmenter"}),
+        arch=info.net.arch,
+        config={"segmentation": to_dict(info), "weights_sha256": weights_hash},
+        description=f"{info.net.arch} trained by medfm train-seg on {info.dataset or 'a folder'}",
+    )
+    path = folder / CARD_FILE
+    atomic_write_text(path, json.dumps(to_dict(card), indent=2))
+    return path
+
+
+def read_info(folder: Path) -> SegModelInfo:
+    from medfm._config import from_dict
+
+    path = folder / CARD_FILE
+    try:
+        doc = json.loads(path.read_text())
+        seg = doc["config"]["segmentation"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: not a medfm trained segmentation model card ({exc})") from exc
+    info = from_dict(SegModelInfo, seg, where=str(path))
+    info.net.patch_size = tuple(int(s) for s in info.net.patch_size)
+    info.labels = tuple(int(v) for v in info.labels)
+    info.input_size = tuple(int(v) for v in info.input_size)
+    return info
+
+
+def is_trained_model_dir(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / CARD_FILE).is_file() and (p / WEIGHTS_FILE).is_file()
+
+
+# -- inference -------------------------------------------------------------------------------
+
+
+class TrainedSegmenter:
+    """A trained network ready for inference on whole images (sliding window)."""
+
+    def __init__(self, net: torch.nn.Module, info: SegModelInfo, device: str = "cpu", precision: str = "auto") -> None:
+        self.net = net.to(device).eval()
+        self.info = info
+        self.device = device
+        self.precision = precision
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str = "cpu", precision: str = "auto") -> TrainedSegmenter:
+        folder = Path(folder)
+        if not is_trained_model_dir(folder):
+            raise InputError(f"{folder}: not a trained model folder (needs {CARD_FILE} and {WEIGHTS_FILE})")
+        info = read_info(folder)
+        net = build_network(info.net)
+        load_weights(net, folder / WEIGHTS_FILE)
+        return cls(net, info, device, precision)
+
+    def probabilities(self, array: np.ndarray) -> np.ndarray:
+        """(C, *spatial) source intensities -> (K+1, *spatial) softmax probabilities at source size."""
+        import torch
+        from monai.inferers import sliding_window_inference
+
+        from medfm._runtime import autocast_dtype
+
+        info = self.info
+        nd = info.net.spatial_dims
+        if array.ndim != nd + 1:
+            raise InputError(f"model expects {nd}-D images (C + {nd} axes), got an array of shape {array.shape}")
+        if array.shape[0] != info.net.in_channels:
+            array = match_channels(array, info.net.in_channels)
+        src_size = array.shape[1:]
+        x = normalize_intensity(array)
+        if info.input_size:
+            x = resize_array(x, info.input_size, "bilinear" if nd == 2 else "trilinear")
+        t = torch.as_tensor(x)[None].to(self.device)
+        dtype = autocast_dtype(self.device, self.precision)
+        dev_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        with torch.inference_mode(), torch.autocast(dev_type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = sliding_window_inference(
+                t, roi_size=info.net.patch_size, sw_batch_size=4, predictor=self.net, overlap=info.overlap, mode="gaussian"
+            )
+        prob = torch.softmax(logits.float(), dim=1)
+        if info.input_size:
+            import torch.nn.functional as F
+
+            prob = F.interpolate(prob, size=tuple(src_size), mode="bilinear" if nd == 2 else "trilinear", align_corners=False)
+        return prob[0].cpu().numpy()
+
+    def predict_array(self, array: np.ndarray) -> np.ndarray:
+        """(C, *spatial) -> label map (*spatial) with the original label values (uint8/uint16)."""
+        idx = self.probabilities(array).argmax(axis=0)
+        lut = np.array((0, *self.info.labels))
+        out = lut[idx]
+        return out.astype(np.uint8 if lut.max() < 256 else np.uint16)
+
+    def predict(self, image: Image) -> Image:
+        """Label-map Image (1, *spatial) on the input's geometry."""
+        labels = self.predict_array(image.array)
+        return image.with_array(labels[None], modality="SEG", meta={**image.meta, "labels": list(self.info.labels)})
+
+
+def match_channels(array: np.ndarray, channels: int) -> np.ndarray:
+    """Grey <-> RGB: replicate one channel or average three to fit the network's input channels."""
+    c = array.shape[0]
+    if c == 1 and channels > 1:
+        return np.repeat(array, channels, axis=0)
+    if channels == 1 and c > 1:
+        return array.astype(np.float32).mean(axis=0, keepdims=True)
+    raise InputError(f"image has {c} channels; the model expects {channels}")

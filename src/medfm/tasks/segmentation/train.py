@@ -1,0 +1,351 @@
+"""Supervised segmentation training with MONAI: patch sampling, Dice+CE, sliding-window validation.
+
+``train_segmentation(train, val, config, out)`` trains on ``Sample``s (image + mask Images),
+samples patches with ``RandCropByPosNegLabeld``, optimises ``DiceCELoss`` with AdamW and a
+polynomial learning-rate decay driven by whichever runs out first of the epoch count and the
+time budget, validates by ``sliding_window_inference`` (mean foreground Dice over the val split)
+and keeps the best weights (model selection on val only). The folder it writes is a saved model
+(see ``medfm.tasks.segmentation.model``); running again with ``resume=True`` continues from
+``last.safetensors`` + ``train_state.pt``.
+
+Budgets: ``minutes`` (wall clock) and ``cpu_minutes`` (this process's CPU time: on a shared
+machine wall time depends on the neighbours, CPU time does not) both stop training and drive the
+learning-rate decay; the history records both clocks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medfm.data.card import Sample
+from medfm.errors import ConfigError, InputError
+from medfm.tasks.segmentation.model import (
+    WEIGHTS_FILE,
+    NetSpec,
+    SegModelInfo,
+    TrainedSegmenter,
+    build_network,
+    labels_to_index,
+    load_weights,
+    match_channels,
+    normalize_intensity,
+    resize_array,
+    save_weights,
+    write_card,
+)
+
+DEFAULT_PATCH = {"unet2d": (256, 256), "unet3d": (32, 48, 32), "swinunetr": (32, 64, 32), "frozen_encoder": (224, 224)}
+
+
+@dataclass
+class SegTrainConfig:
+    """Training settings. ``minutes`` and ``epochs`` both bound the run (first reached wins);
+    ``max_steps`` bounds optimiser steps (tests). Empty tuples mean "derive from the data/arch"."""
+
+    arch: str = "unet3d"
+    encoder: str | None = None
+    labels: tuple[int, ...] = ()
+    label_names: tuple[str, ...] = ()
+    patch_size: tuple[int, ...] = ()
+    input_size: tuple[int, ...] = ()
+    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    batch_size: int = 2
+    samples_per_image: int = 2
+    pos: float = 2.0
+    neg: float = 1.0
+    flip_axes: tuple[int, ...] = ()
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    epochs: int = 1000
+    minutes: float | None = None
+    cpu_minutes: float | None = None  # budget in process CPU time (reproducible on a shared machine)
+    max_steps: int | None = None
+    val_every: int = 1
+    val_every_s: float = 0.0
+    seed: int = 0
+    precision: str = "auto"
+    overlap: float = 0.5
+    dataset: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SegTrainResult:
+    out: Path
+    best_val_dice: float | None
+    best_epoch: int
+    epochs: int
+    steps: int
+    seconds: float
+    history: list[dict[str, float]]
+    cpu_seconds: float = 0.0
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _prepare(samples: Sequence[Sample], labels: tuple[int, ...], input_size: tuple[int, ...], in_ch: int) -> list[dict]:
+    """Samples -> [{"image": float32 (C, *s), "label": int64 (1, *s)}] normalised (and resized)."""
+    items = []
+    for s in samples:
+        if s.image is None or s.mask is None:
+            raise InputError(f"sample {s.id}: segmentation training needs an image and a mask")
+        img = s.image.array
+        if img.shape[0] != in_ch:
+            img = match_channels(img, in_ch)
+        lab = labels_to_index(s.mask.array, labels, where=f"mask of {s.id}")
+        if lab.shape != img.shape[1:]:
+            raise InputError(f"sample {s.id}: mask shape {lab.shape} != image shape {img.shape[1:]}")
+        x = normalize_intensity(img)
+        y = lab[None].astype(np.float32)
+        if input_size:
+            x = resize_array(x, input_size, "bilinear" if len(input_size) == 2 else "trilinear")
+            y = resize_array(y, input_size, "nearest")
+        items.append({"image": x.astype(np.float32), "label": y.astype(np.int64), "id": s.id})
+    return items
+
+
+def infer_labels(samples: Sequence[Sample]) -> tuple[int, ...]:
+    """Foreground label values present in the masks (sorted)."""
+    vals: set[int] = set()
+    for s in samples:
+        if s.mask is not None:
+            vals.update(int(v) for v in np.unique(s.mask.array))
+    vals.discard(0)
+    return tuple(sorted(vals))
+
+
+def mean_dice(pred_idx: np.ndarray, gt_idx: np.ndarray, num_classes: int) -> float:
+    """Mean over foreground classes of MONAI's Dice (empty-vs-empty = 1) of two index maps."""
+    import torch
+    from monai.metrics import compute_dice
+
+    p = torch.as_tensor(pred_idx)[None, None]
+    g = torch.as_tensor(gt_idx)[None, None]
+    d = compute_dice(p, g, include_background=False, ignore_empty=False, num_classes=num_classes)
+    return float(d.mean())
+
+
+def evaluate(segmenter: TrainedSegmenter, items: list[dict]) -> float:
+    """Mean foreground Dice over ``items`` (already prepared); at the network's input size."""
+    k = segmenter.info.net.num_classes
+    scores = []
+    for it in items:
+        prob = _forward_prepared(segmenter, it["image"])
+        scores.append(mean_dice(prob.argmax(0), it["label"][0], k))
+    return float(np.mean(scores)) if scores else math.nan
+
+
+def _forward_prepared(segmenter: TrainedSegmenter, x: np.ndarray) -> np.ndarray:
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    from medfm._runtime import autocast_dtype
+
+    dtype = autocast_dtype(segmenter.device, segmenter.precision)
+    segmenter.net.eval()
+    with torch.inference_mode(), torch.autocast("cpu" if segmenter.device == "cpu" else "cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+        logits = sliding_window_inference(
+            torch.as_tensor(x)[None].to(segmenter.device),
+            roi_size=segmenter.info.net.patch_size,
+            sw_batch_size=4,
+            predictor=segmenter.net,
+            overlap=segmenter.info.overlap,
+            mode="gaussian",
+        )
+    return logits[0].float().cpu().numpy()
+
+
+def _transforms(cfg: SegTrainConfig, patch: tuple[int, ...]):
+    from monai.transforms import (
+        Compose,
+        RandCropByPosNegLabeld,
+        RandFlipd,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+        SpatialPadd,
+    )
+
+    ts = [
+        SpatialPadd(keys=["image", "label"], spatial_size=patch),
+        RandCropByPosNegLabeld(
+            keys=["image", "label"],
+            label_key="label",
+            spatial_size=patch,
+            pos=cfg.pos,
+            neg=cfg.neg,
+            num_samples=cfg.samples_per_image,
+            allow_smaller=True,
+        ),
+        RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+        RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
+    ]
+    for ax in cfg.flip_axes:
+        ts.append(RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=ax))
+    return Compose(ts)
+
+
+def train_segmentation(
+    train: Sequence[Sample],
+    val: Sequence[Sample],
+    config: SegTrainConfig,
+    out: str | Path,
+    resume: bool = False,
+    device: str = "cpu",
+) -> SegTrainResult:
+    """Train a segmentation network; writes a loadable model folder to ``out`` (see module doc)."""
+    import torch
+    from monai.data import DataLoader, Dataset
+    from monai.losses import DiceCELoss
+    from monai.utils import set_determinism
+
+    from medfm._paths import file_hash
+    from medfm._runtime import autocast_dtype
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = config
+    if not train:
+        raise InputError("no training samples")
+    if cfg.arch not in DEFAULT_PATCH:
+        raise ConfigError(f"unknown segmentation architecture '{cfg.arch}'; choose one of {', '.join(DEFAULT_PATCH)}")
+    labels = tuple(cfg.labels) or infer_labels(train)
+    if not labels:
+        raise InputError("training masks contain no foreground label")
+    first = train[0].image
+    nd = first.ndim
+    patch = tuple(cfg.patch_size) or DEFAULT_PATCH[cfg.arch]
+    if len(patch) != nd:
+        raise ConfigError(f"patch size {patch} does not fit {nd}-D images ({cfg.arch})")
+    in_ch = 3 if cfg.arch == "frozen_encoder" else first.channels
+    spec = NetSpec(
+        arch=cfg.arch, in_channels=in_ch, num_classes=len(labels) + 1, patch_size=patch,
+        channels=tuple(cfg.channels), encoder=cfg.encoder,
+    )
+    info = SegModelInfo(
+        net=spec, labels=labels, label_names=tuple(cfg.label_names), input_size=tuple(cfg.input_size),
+        overlap=cfg.overlap, dataset=cfg.dataset,
+    )
+    set_determinism(seed=cfg.seed)
+    torch.manual_seed(cfg.seed)
+    net = build_network(spec).to(device)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    train_items = _prepare(train, labels, tuple(cfg.input_size), in_ch)
+    val_items = _prepare(val, labels, tuple(cfg.input_size), in_ch)
+    ds = Dataset(train_items, transform=_transforms(cfg, patch))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, num_workers=0, generator=gen)
+    dtype = autocast_dtype(device, cfg.precision)
+    dev_type = "cuda" if device.startswith("cuda") else "cpu"
+
+    state_path, last_path = out / "train_state.pt", out / "last.safetensors"
+    epoch, step, elapsed0, cpu0 = 0, 0, 0.0, 0.0
+    best, best_epoch = -math.inf, -1
+    history: list[dict[str, float]] = []
+    if resume and state_path.is_file() and last_path.is_file():
+        st = torch.load(state_path, weights_only=True)
+        load_weights(net, last_path)
+        opt.load_state_dict(st["optimizer"])
+        epoch, step, elapsed0, cpu0 = st["epoch"], st["step"], st["elapsed"], st.get("cpu", 0.0)
+        best, best_epoch, history = st["best"], st["best_epoch"], st["history"]
+        torch.set_rng_state(st["torch_rng"])
+        gen.set_state(st["loader_rng"])
+        _log(f"train-seg: resumed at epoch {epoch}, step {step}, {elapsed0 / 60:.1f} min done")
+    budget = cfg.minutes * 60 if cfg.minutes else math.inf
+    cpu_budget = cfg.cpu_minutes * 60 if cfg.cpu_minutes else math.inf
+    start = time.perf_counter() - elapsed0
+    cpu_start = time.process_time() - cpu0
+
+    def cpu_used() -> float:
+        return time.process_time() - cpu_start
+
+    def out_of_time() -> bool:
+        return time.perf_counter() - start >= budget or cpu_used() >= cpu_budget
+    segmenter = TrainedSegmenter(net, info, device, cfg.precision)
+    last_val = time.perf_counter()
+
+    def progress_frac() -> float:
+        el = time.perf_counter() - start
+        f = max(epoch / max(cfg.epochs, 1), el / budget if budget < math.inf else 0.0,
+                cpu_used() / cpu_budget if cpu_budget < math.inf else 0.0)
+        if cfg.max_steps:
+            f = max(f, step / cfg.max_steps)
+        return min(f, 1.0)
+
+    def save_state() -> None:
+        save_weights(net, last_path)
+        with open(state_path.with_suffix(".tmp"), "wb") as f:
+            torch.save(
+                {"optimizer": opt.state_dict(), "epoch": epoch, "step": step, "elapsed": time.perf_counter() - start, "cpu": cpu_used(),
+                 "best": best, "best_epoch": best_epoch, "history": history, "torch_rng": torch.get_rng_state(),
+                 "loader_rng": gen.get_state()}, f)
+        state_path.with_suffix(".tmp").replace(state_path)
+
+    done = False
+    while not done and epoch < cfg.epochs:
+        net.train()
+        losses = []
+        for batch in loader:
+            frac = progress_frac()
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * (1 - frac) ** 0.9
+            x = batch["image"].to(device)
+            y = batch["label"].to(device)
+            with torch.autocast(dev_type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                logits = net(x)
+            loss = loss_fn(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            step += 1
+            if (cfg.max_steps and step >= cfg.max_steps) or out_of_time():
+                done = True
+                break
+        epoch += 1
+        el = time.perf_counter() - start
+        rec = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)) if losses else math.nan, "minutes": el / 60,
+               "cpu_minutes": cpu_used() / 60}
+        time_for_val = cfg.val_every_s > 0 and time.perf_counter() - last_val >= cfg.val_every_s
+        if val_items and (epoch % max(cfg.val_every, 1) == 0 or done or epoch >= cfg.epochs or time_for_val):
+            last_val = time.perf_counter()
+            rec["val_dice"] = evaluate(segmenter, val_items)
+            if rec["val_dice"] > best:
+                best, best_epoch = rec["val_dice"], epoch
+                save_weights(net, out / WEIGHTS_FILE)
+        elif not val_items and (done or epoch >= cfg.epochs):
+            save_weights(net, out / WEIGHTS_FILE)  # no val split: the last weights are the model
+            best_epoch = epoch
+        history.append(rec)
+        _log("train-seg: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()))
+        save_state()
+        if out_of_time():
+            done = True
+    seconds = time.perf_counter() - start
+    if not (out / WEIGHTS_FILE).is_file():
+        save_weights(net, out / WEIGHTS_FILE)
+    info.val_dice = None if best == -math.inf else float(best)
+    info.extra = {"best_epoch": best_epoch, "epochs": epoch, "steps": step, "minutes": seconds / 60,
+                  "cpu_minutes": cpu_used() / 60,
+                  "config": _cfg_dict(cfg)}
+    write_card(out, info, name=f"{cfg.dataset or 'folder'}-{cfg.arch}", weights_hash=file_hash(out / WEIGHTS_FILE))
+    (out / "history.json").write_text(json.dumps(history, indent=2))
+    return SegTrainResult(out, info.val_dice, best_epoch, epoch, step, seconds, history, cpu_used())
+
+
+def _cfg_dict(cfg: SegTrainConfig) -> dict[str, Any]:
+    from medfm._config import to_dict
+
+    return to_dict(cfg)

@@ -1,0 +1,115 @@
+"""Trained segmentation: a few MONAI steps on tiny crops, checkpoint, resume, load, predict."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from medfm.data.card import Sample
+from medfm.errors import ConfigError, InputError
+from medfm.io.image import Image
+from medfm.tasks.segmentation.model import TrainedSegmenter, labels_to_index
+from medfm.tasks.segmentation.train import SegTrainConfig, train_segmentation
+
+
+def _cases(n: int, shape: tuple[int, ...], seed: int = 0) -> list[Sample]:
+    """Bright box = label 2 inside a dimmer box = label 1, random positions."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        img = rng.normal(0, 0.2, (1, *shape)).astype(np.float32)
+        lab = np.zeros((1, *shape), np.uint8)
+        c = [int(rng.integers(s // 3, 2 * s // 3)) for s in shape]
+        sl = tuple(slice(ci - s // 5, ci + s // 5) for ci, s in zip(c, shape))
+        lab[(0, *sl)] = 1
+        inner = tuple(slice(ci - s // 10, ci + s // 10) for ci, s in zip(c, shape))
+        lab[(0, *inner)] = 2
+        img[lab > 0] += 1.0
+        img[lab == 2] += 1.0
+        sp = (1.5,) + (1.0,) * (len(shape) - 1)
+        out.append(Sample(f"case{i}", image=Image(img, sp), mask=Image(lab, sp)))
+    return out
+
+
+def test_labels_to_index_refuses_unknown_values() -> None:
+    m = np.array([[0, 1], [2, 2]])
+    assert labels_to_index(m, (1, 2), "m").tolist() == [[0, 1], [2, 2]]
+    assert labels_to_index(m * 2, (2, 4), "m").tolist() == [[0, 1], [2, 2]]
+    with pytest.raises(InputError, match="label value"):
+        labels_to_index(m, (1,), "mask.nii")
+
+
+@pytest.mark.slow
+def test_train_3d_checkpoint_resume_and_predict(tmp_path) -> None:
+    data = _cases(4, (16, 20, 16))
+    cfg = SegTrainConfig(arch="unet3d", patch_size=(16, 16, 16), channels=(4, 8), batch_size=2,
+                         samples_per_image=1, max_steps=2, epochs=5, precision="fp32")
+    res = train_segmentation(data[:3], data[3:], cfg, tmp_path)
+    assert res.steps == 2 and res.best_val_dice is not None
+    for name in ("model.safetensors", "last.safetensors", "train_state.pt", "model_card.json", "history.json"):
+        assert (tmp_path / name).is_file()
+    card = json.loads((tmp_path / "model_card.json").read_text())
+    assert card["capabilities"] == ["segmenter"] and card["arch"] == "unet3d"
+    assert card["config"]["segmentation"]["labels"] == [1, 2]
+    # resume continues the step count instead of starting over
+    cfg.max_steps = 4
+    res2 = train_segmentation(data[:3], data[3:], cfg, tmp_path, resume=True)
+    assert res2.steps == 4 and len(res2.history) > len(res.history)
+    seg = TrainedSegmenter.load(tmp_path)
+    pred = seg.predict(data[3].image)
+    assert pred.array.shape == data[3].mask.array.shape
+    assert pred.spacing == data[3].image.spacing
+    assert set(np.unique(pred.array).tolist()) <= {0, 1, 2}
+
+
+@pytest.mark.slow
+def test_train_2d_with_resize_and_time_budget(tmp_path) -> None:
+    data = _cases(3, (40, 52), seed=1)
+    cfg = SegTrainConfig(arch="unet2d", patch_size=(16, 16), input_size=(32, 32), channels=(4, 8),
+                         batch_size=2, samples_per_image=1, minutes=0.02, epochs=1000, flip_axes=(0, 1))
+    res = train_segmentation(data[:2], data[2:], cfg, tmp_path)
+    assert res.seconds < 30 and res.steps >= 1
+    seg = TrainedSegmenter.load(tmp_path)
+    pred = seg.predict(data[2].image)
+    assert pred.array.shape == (1, 40, 52)  # back at the source size
+
+
+def test_bad_config_is_refused(tmp_path) -> None:
+    data = _cases(2, (16, 16, 16))
+    with pytest.raises(ConfigError, match="architecture"):
+        train_segmentation(data, data, SegTrainConfig(arch="resnet"), tmp_path)
+    with pytest.raises(ConfigError, match="patch"):
+        train_segmentation(data, data, SegTrainConfig(arch="unet3d", patch_size=(16, 16)), tmp_path)
+    bad = _cases(1, (16, 16, 16))
+    bad[0].mask.array[0, 0, 0, 0] = 7
+    with pytest.raises(InputError, match="label value"):
+        train_segmentation(bad, [], SegTrainConfig(arch="unet3d", labels=(1, 2), max_steps=1), tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("encoder", ["test/vit-tiny-timm", "test/dinov2-tiny"])
+def test_frozen_encoder_light_decoder(tmp_path, encoder: str) -> None:
+    """Only the decoder trains and is saved; the encoder is rebuilt from the zoo on load."""
+    import torch
+
+    from medfm.tasks.segmentation.frozen import FrozenEncoderSegmenter
+
+    data = _cases(3, (40, 48), seed=2)
+    cfg = SegTrainConfig(arch="frozen_encoder", encoder=encoder, patch_size=(32, 32), batch_size=2,
+                         samples_per_image=1, max_steps=2, labels=(1, 2), precision="fp32")
+    res = train_segmentation(data[:2], data[2:], cfg, tmp_path)
+    assert res.steps == 2
+    seg = TrainedSegmenter.load(tmp_path)
+    net = seg.net
+    assert isinstance(net, FrozenEncoderSegmenter)
+    enc_params = [p for m in net._frozen_modules() for p in m.parameters()]
+    assert enc_params and not any(p.requires_grad for p in enc_params)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "model.safetensors"))
+    assert saved and all(k.startswith(("proj.", "up.", "skip.", "head.")) for k in saved)
+    assert torch.equal(saved["head.2.weight"], net.state_dict()["head.2.weight"])
+    pred = seg.predict(data[2].image)
+    assert pred.array.shape == (1, 40, 48)
