@@ -26,6 +26,16 @@ app = typer.Typer(
 
 # Each module defines ``register(app)``; the order is the order of ``medfm --help``.
 COMMAND_MODULES: list[str] = [
+    "medfm.cli.bench",
+    "medfm.cli.report",
+    "medfm.cli.datasets",
+    "medfm.cli.info",
+    "medfm.cli.models",
+    "medfm.cli.embed",
+    "medfm.cli.pretrain",
+    "medfm.cli.segment",
+    "medfm.cli.prognosis",
+    "medfm.cli.generate",
 ]
 
 _state = {"debug": False}
