@@ -24,15 +24,21 @@ def default_device() -> str:
 
 
 def default_threads() -> int:
-    """Threads for torch: ``MEDFM_THREADS``, else ``OMP_NUM_THREADS``, else all cores.
+    """Threads for torch: ``MEDFM_THREADS`` (``medfm --threads``), else ``OMP_NUM_THREADS``,
+    else the cores not already busy (cores minus the 1-minute load average, at least 1).
 
-    On a shared 2-core machine two processes each using 2 threads fight (up to 10x slower);
-    set ``MEDFM_THREADS=1`` there.
+    medfm does not assume it owns the machine: on a shared 2-core machine two processes each
+    using 2 threads fight (spin-waiting threads, up to 10x slower), so a busy machine gets fewer.
     """
     for var in ("MEDFM_THREADS", "OMP_NUM_THREADS"):
         if os.environ.get(var, "").isdigit() and int(os.environ[var]) > 0:
             return int(os.environ[var])
-    return os.cpu_count() or 1
+    cores = os.cpu_count() or 1
+    try:
+        busy = round(os.getloadavg()[0])
+    except OSError:
+        busy = 0
+    return max(1, min(cores, cores - busy))
 
 
 def configure_threads(n: int | None = None) -> int:

@@ -7,6 +7,7 @@ anything else is a bug: traceback and exit code 1.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import traceback
 
@@ -50,9 +51,22 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, envvar="MEDFM_THREADS",
+        help="CPU threads for torch (default: the cores not already busy; 1 when sharing a small machine).",
+    ),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     _state["debug"] = debug
+    from medfm._runtime import default_threads
+
+    # set before any command imports torch, which reads OMP_NUM_THREADS once at import
+    n = threads or default_threads()
+    os.environ["MEDFM_THREADS"] = str(n)
+    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
 
 
 def _load_commands() -> None:

@@ -35,7 +35,6 @@ def build_native_encoder(arch: str, in_channels: int, ndim: int, image_size: int
 
     The module has an ``embed_dim`` attribute. Raises ConfigError for unknown combinations.
     """
-    import torch
     from torch import nn
 
     if arch not in NATIVE_ARCHS:

@@ -23,7 +23,11 @@ from typing import Any
 
 from medfm.errors import ConfigError
 from medfm.models.card import ModelCard
-from medfm.models.generators._base import GenerationOptions, GeneratorAdapter, render_prompt
+from medfm.models.generators._base import (
+    GenerationOptions,
+    GeneratorAdapter,
+    render_prompt,
+)
 from medfm.models.generators.cards import generator_cards
 
 # backend -> module with ``build(card, folder, weights, device)`` (the zoo's backend contract)

@@ -17,7 +17,6 @@ from medfm.models.base import ModelAdapter
 from medfm.models.card import ModelCard
 
 if TYPE_CHECKING:
-    import numpy as np
     from PIL import Image as PILImage
 
 

@@ -9,8 +9,9 @@ hub id (``org/repo``). Hub ids are looked up in medfm's model cache and the loca
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from medfm.errors import MissingWeightsError
+from medfm.errors import ConfigError, MissingWeightsError
 from medfm.models.card import ModelCard
 
 
@@ -70,3 +71,42 @@ def folder_weights_hash(folder: Path) -> str | None:
     for f in files:
         h.update(f"{f.name}:{f.stat().st_size}".encode())
     return "meta:" + h.hexdigest()
+
+
+def load_transformers_pair(
+    card: ModelCard,
+    folder: Path,
+    preprocessor: str,
+    model_class: str,
+    device: str,
+    dtype: str | None,
+    device_map: str | None,
+    quant: Any,
+) -> tuple[Any, Any]:
+    """Load ``transformers.<preprocessor>`` and ``transformers.<model_class>`` from ``folder``
+    with the card's dtype / device-map / remote-code settings; the model ends in eval mode on
+    ``device`` (unless a device map or quantization placed it). Load failures -> ConfigError."""
+    from medfm._optional import optional_import
+    from medfm.models.adapters._common import quiet_transformers
+    from medfm.models.generators._base import torch_dtype
+
+    transformers = optional_import("transformers")
+    quiet_transformers()
+    cfg = card.config
+    trust = bool(cfg.get("trust_remote_code", False))
+    device_map = device_map if device_map is not None else cfg.get("device_map")
+    try:
+        pre = getattr(transformers, preprocessor).from_pretrained(str(folder), trust_remote_code=trust)
+        model = getattr(transformers, model_class).from_pretrained(
+            str(folder),
+            dtype=torch_dtype(dtype if dtype is not None else cfg.get("dtype", "auto")),
+            device_map=device_map,
+            trust_remote_code=trust,
+            quantization_config=quant,
+        )
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model '{card.id}': cannot load from {folder} ({type(exc).__name__}: {exc})") from exc
+    if device_map is None and quant is None:
+        model.to(device)
+    model.eval()
+    return pre, model

@@ -18,7 +18,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from medfm._optional import optional_import
 from medfm.errors import ConfigError, InputError
 from medfm.models.card import ModelCard
 from medfm.models.generators._base import (
@@ -26,9 +25,12 @@ from medfm.models.generators._base import (
     generation_options,
     quantization_config,
     to_pil,
-    torch_dtype,
 )
-from medfm.models.generators._local import folder_weights_hash, resolve_weights_folder
+from medfm.models.generators._local import (
+    folder_weights_hash,
+    load_transformers_pair,
+    resolve_weights_folder,
+)
 
 # A tokenizer's ``model_max_length`` above this is the "no limit" sentinel, not a real context.
 _NO_LIMIT = 10**7
@@ -69,26 +71,9 @@ class CausalLMGenerator(GeneratorAdapter):
 
         device = device or default_device()
         super().__init__(card, device)
-        transformers = optional_import("transformers")
-        from medfm.models.adapters._common import quiet_transformers
-
-        quiet_transformers()
-        trust = bool(cfg.get("trust_remote_code", False))
-        device_map = device_map if device_map is not None else cfg.get("device_map")
-        try:
-            self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust)
-            self.model = transformers.AutoModelForCausalLM.from_pretrained(
-                str(folder),
-                dtype=torch_dtype(dtype if dtype is not None else cfg.get("dtype", "auto")),
-                device_map=device_map,
-                trust_remote_code=trust,
-                quantization_config=quant,
-            )
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"model '{card.id}': cannot load from {folder} ({type(exc).__name__}: {exc})") from exc
-        if device_map is None and quant is None:
-            self.model.to(device)
-        self.model.eval()
+        self.tokenizer, self.model = load_transformers_pair(
+            card, folder, "AutoTokenizer", "AutoModelForCausalLM", device, dtype, device_map, quant
+        )
         self.image_input = cfg.get("image_input")
         self.accepts_images = self.image_input == "list_format"
         self.context_length = context_from_config(card, self.model.config, self.tokenizer)

@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medfm._optional import optional_import
 from medfm.errors import ConfigError, InputError
 from medfm.models.card import ModelCard
 from medfm.models.generators._base import (
@@ -20,9 +19,12 @@ from medfm.models.generators._base import (
     generation_options,
     quantization_config,
     to_pil,
-    torch_dtype,
 )
-from medfm.models.generators._local import folder_weights_hash, resolve_weights_folder
+from medfm.models.generators._local import (
+    folder_weights_hash,
+    load_transformers_pair,
+    resolve_weights_folder,
+)
 from medfm.models.generators.hf_causal import context_from_config
 
 
@@ -47,26 +49,9 @@ class ImageTextGenerator(GeneratorAdapter):
 
         device = device or default_device()
         super().__init__(card, device)
-        transformers = optional_import("transformers")
-        from medfm.models.adapters._common import quiet_transformers
-
-        quiet_transformers()
-        trust = bool(cfg.get("trust_remote_code", False))
-        device_map = device_map if device_map is not None else cfg.get("device_map")
-        try:
-            self.processor = transformers.AutoProcessor.from_pretrained(str(folder), trust_remote_code=trust)
-            self.model = transformers.AutoModelForImageTextToText.from_pretrained(
-                str(folder),
-                dtype=torch_dtype(dtype if dtype is not None else cfg.get("dtype", "auto")),
-                device_map=device_map,
-                trust_remote_code=trust,
-                quantization_config=quant,
-            )
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"model '{card.id}': cannot load from {folder} ({type(exc).__name__}: {exc})") from exc
-        if device_map is None and quant is None:
-            self.model.to(device)
-        self.model.eval()
+        self.processor, self.model = load_transformers_pair(
+            card, folder, "AutoProcessor", "AutoModelForImageTextToText", device, dtype, device_map, quant
+        )
         if getattr(self.processor, "chat_template", None) is None:
             raise ConfigError(f"model '{card.id}': the processor in {folder} has no chat template")
         tok = getattr(self.processor, "tokenizer", None)

@@ -52,8 +52,8 @@ def folder_images(folder: str | Path, image_size: int | None = None) -> np.ndarr
         raise InputError(f"{folder}: no readable image found (PNG, JPEG, TIFF, NIfTI or DICOM)")
     dims = {a.ndim for a in arrays}
     if len(dims) > 1:
-        two = next(n for n, a in zip(names, arrays) if a.ndim == 3)
-        three = next(n for n, a in zip(names, arrays) if a.ndim == 4)
+        two = next(n for n, a in zip(names, arrays, strict=True) if a.ndim == 3)
+        three = next(n for n, a in zip(names, arrays, strict=True) if a.ndim == 4)
         raise InputError(f"{folder}: mixed 2D and 3D images (e.g. {two} and {three}); pretrain on one kind at a time")
     chans = {a.shape[0] for a in arrays}
     if len(chans) > 1:
