@@ -1,7 +1,9 @@
 """The supervised training loop shared by ``finetune`` and ``scratch``.
 
 Mini-batch training with a per-step learning-rate schedule, validation AUROC after every
-epoch, early stopping, and restoration of the best-validation weights. Inputs stay numpy
+epoch, early stopping, and restoration of the best-validation weights. Optional cheap
+extras: label smoothing, an exponential moving average (EMA) of the weights that is what
+gets validated and kept, and flip test-time augmentation (TTA) in ``predict_proba``. Inputs stay numpy
 arrays (N, C, ...) until ``to_input`` turns a batch into the model's tensor, so augmentation
 works on raw images and the protocols only differ in ``to_input`` and ``forward``.
 """
@@ -118,21 +120,64 @@ def seeded_torch(seed: int, device: str) -> Iterator[None]:
         yield
 
 
+class WeightEma:
+    """Exponential moving average of ``module``'s tensors named in ``keep`` (parameters and
+    buffers, so batch-norm statistics are averaged too; integer buffers are copied).
+
+    ``decay`` per optimiser step, warmed up as ``min(decay, (1 + n) / (10 + n))`` so that the
+    average is not dominated by the random initialisation on short schedules.
+    """
+
+    def __init__(self, module: Any, decay: float, keep: set[str]) -> None:
+        self.module, self.decay, self.keep, self.updates = module, decay, keep, 0
+        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items() if k in keep}
+
+    def update(self) -> None:
+        import torch
+
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        with torch.no_grad():
+            for k, v in self.module.state_dict().items():
+                if k not in self.shadow:
+                    continue
+                if v.dtype.is_floating_point:
+                    self.shadow[k].lerp_(v.detach(), 1.0 - d)
+                else:
+                    self.shadow[k].copy_(v)
+
+    @contextlib.contextmanager
+    def swapped(self) -> Iterator[None]:
+        """Hold the EMA weights in ``module`` inside the block; the raw weights come back after."""
+        raw = {k: v.detach().clone() for k, v in self.module.state_dict().items() if k in self.shadow}
+        self.module.load_state_dict(self.shadow, strict=False)
+        try:
+            yield
+        finally:
+            self.module.load_state_dict(raw, strict=False)
+
+
 def predict_proba(
     forward: Callable[[Any], Any], to_input: Callable[[np.ndarray], Any], x: np.ndarray, task: str,
-    batch_size: int, device: str, amp_dtype: Any,
+    batch_size: int, device: str, amp_dtype: Any, tta: bool = False,
 ) -> np.ndarray:
-    """Probabilities (N, C): softmax of the logits (sigmoid for multilabel), in float64."""
+    """Probabilities (N, C): softmax of the logits (sigmoid for multilabel), in float64.
+    ``tta``: average the probabilities of each image and its left-right flip (last axis)."""
     import torch
 
     out = []
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
-            with autocast_ctx(device, amp_dtype):
-                logits = forward(to_input(x[start:start + batch_size]))
-            logits = logits.float()
-            p = torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, dim=1)
-            out.append(p.cpu().numpy().astype(np.float64))
+            xb = x[start:start + batch_size]
+            views = (xb, xb[..., ::-1]) if tta else (xb,)
+            p_sum = None
+            for view in views:
+                with autocast_ctx(device, amp_dtype):
+                    logits = forward(to_input(view))
+                logits = logits.float()
+                p = torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, dim=1)
+                p_sum = p if p_sum is None else p_sum + p
+            out.append((p_sum / len(views)).cpu().numpy().astype(np.float64))
     return np.concatenate(out)
 
 
@@ -154,11 +199,17 @@ def fit(
     patience: int | None = None,
     eval_batch_size: int = 256,
     progress: str = "",
+    label_smoothing: float = 0.0,
+    ema_decay: float | None = None,
+    tta: bool = False,
 ) -> FitResult:
     """Train ``module`` in place and leave it holding its best-validation-AUROC weights.
 
     ``forward(input) -> logits (B, C)``; only parameters with ``requires_grad`` and buffers
     are snapshotted. Early stopping after ``patience`` epochs without improvement (None: off).
+    ``label_smoothing`` in [0, 1) softens the targets (multilabel: towards 0.5);
+    ``ema_decay``: validate and keep an EMA of the weights (None: the raw weights);
+    ``tta``: validate with flip test-time augmentation (see ``predict_proba``).
     """
     import sys
 
@@ -168,9 +219,15 @@ def fit(
     x_va, y_va = val
     rng = np.random.default_rng(seed)
     multilabel = task == "multilabel"
-    loss_fn = torch.nn.BCEWithLogitsLoss() if multilabel else torch.nn.CrossEntropyLoss()
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+        raise ConfigError(f"ema_decay must be in (0, 1) or None, got {ema_decay}")
+    loss_fn = torch.nn.BCEWithLogitsLoss() if multilabel else torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     keep = {n for n, p in module.named_parameters() if p.requires_grad} | {n for n, _ in module.named_buffers()}
+    ema = WeightEma(module, ema_decay, keep) if ema_decay is not None else None
+    evaluated = ema.swapped if ema is not None else contextlib.nullcontext
 
     def snapshot() -> dict[str, Any]:
         return {k: v.detach().clone() for k, v in module.state_dict().items() if k in keep}
@@ -191,6 +248,8 @@ def fit(
             xb = to_input(augment_batch(x_tr[idx], augment, rng))
             yb = torch.as_tensor(y_tr[idx], device=device)
             yb = yb.float() if multilabel else yb.long()
+            if multilabel and label_smoothing:
+                yb = yb * (1.0 - label_smoothing) + 0.5 * label_smoothing
             with autocast_ctx(device, amp_dtype):
                 logits = forward(xb)
             loss = loss_fn(logits.float(), yb)
@@ -198,18 +257,22 @@ def fit(
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update()
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
         module.eval()
-        p_va = predict_proba(forward, to_input, x_va, task, eval_batch_size, device, amp_dtype)
-        score = selection_score(y_va, p_va, task)
+        with evaluated():
+            p_va = predict_proba(forward, to_input, x_va, task, eval_batch_size, device, amp_dtype, tta)
+            score = selection_score(y_va, p_va, task)
+            if score > best_val:
+                best_state = snapshot()
         history.append({"epoch": epoch, "train_loss": round(total / max(seen, 1), 5), "val_auroc": round(score, 5)})
         if progress:
             print(f"{progress}: epoch {epoch}/{epochs} loss {total / max(seen, 1):.4f} val {score:.4f} "
                   f"({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
         if score > best_val:
             best_val, best_epoch, stale = score, epoch, 0
-            best_state = snapshot()
         else:
             stale += 1
             if patience is not None and stale >= patience:

@@ -8,6 +8,10 @@ standard torchvision stem. 3D volumes use MONAI's 3D ResNet-18. Defaults here sh
 schedule (``epochs``) so that a benchmark cell fits a few CPU minutes; the milestones scale.
 The default light augmentation (random flip + 2-pixel shift) was chosen on the BreastMNIST
 validation split (best-epoch val AUROC 0.972 vs 0.919 without augmentation, 40 epochs, seed 0).
+Flip test-time augmentation and an EMA of the weights (decay 0.9 per step) are on by default:
+on the BreastMNIST validation split (40 epochs, seeds 0-2, one shared trajectory per seed) the
+mean best-epoch val AUROC was 0.9541 with EMA + TTA vs 0.9514 raw, 0.9507 TTA only and 0.9524
+EMA only -- a small margin (78 val images); label smoothing stays off (not compared).
 """
 
 from __future__ import annotations
@@ -40,7 +44,10 @@ class ScratchConfig:
     nearest neighbour as in MedMNIST's 224 runs); ``stem`` "auto" = CIFAR stem below 64 px;
     ``milestones`` are fractions of ``epochs`` where the LR is multiplied by ``gamma``;
     ``augment``: "none", "flip" or "flip_shift"; ``patience`` None = no early stopping;
-    ``precision``: "auto" (bf16 autocast where fast), "bf16" or "fp32"."""
+    ``precision``: "auto" (bf16 autocast where fast), "bf16" or "fp32".
+    Cheap extras (see ``_train.fit``): ``tta`` averages the probabilities of each image and
+    its left-right flip (val and test alike); ``ema_decay`` validates and keeps an exponential
+    moving average of the weights (per step; None = raw weights); ``label_smoothing`` in [0, 1)."""
 
     epochs: int = 40
     batch_size: int = 128
@@ -53,6 +60,9 @@ class ScratchConfig:
     augment: str = "flip_shift"
     patience: int | None = None
     precision: str = "auto"
+    tta: bool = True
+    ema_decay: float | None = 0.9
+    label_smoothing: float = 0.0
     device: str | None = None
     num_threads: int | None = None
     verbose: bool = False
@@ -68,6 +78,10 @@ class ScratchConfig:
             raise ConfigError(f"scratch: augment must be one of {AUGMENTS}, got '{self.augment}'")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"scratch: precision must be auto, bf16 or fp32, got '{self.precision}'")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError(f"scratch: ema_decay must be in (0, 1) or null, got {self.ema_decay}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"scratch: label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
 def build_resnet18(in_channels: int, n_classes: int, spatial_dims: int, size: int, stem: str = "auto") -> Any:
@@ -131,14 +145,15 @@ def run(data: ImageSplits, cfg: ScratchConfig, seed: int = 0, shots: int | None 
             net, net, to_input, (data.train_x[idx], data.train_y[idx]), (data.val_x, data.val_y), data.task,
             opt, lr_lambda_multistep(steps, cfg.epochs, cfg.milestones, cfg.gamma), cfg.epochs, cfg.batch_size,
             seed, device, amp, augment=cfg.augment, patience=cfg.patience, progress="scratch" if cfg.verbose else "",
+            label_smoothing=cfg.label_smoothing, ema_decay=cfg.ema_decay, tta=cfg.tta,
         )
-        test_scores = predict_proba(net, to_input, data.test_x, data.task, 256, device, amp)
-        val_scores = predict_proba(net, to_input, data.val_x, data.task, 256, device, amp)
+        test_scores = predict_proba(net, to_input, data.test_x, data.task, 256, device, amp, cfg.tta)
+        val_scores = predict_proba(net, to_input, data.val_x, data.task, 256, device, amp, cfg.tta)
     info = {
         "trained": True, "model_trained": True, "arch": "resnet18", "best_epoch": result.best_epoch, "best_val_auroc": result.best_val,
         "epochs": result.epochs_run, "train_seconds": time.perf_counter() - t0, "n_train": int(len(idx)),
         "device": device, "threads": threads, "autocast": str(amp) if amp is not None else None,
-        "history": result.history,
+        "history": result.history, "tta": cfg.tta, "ema_decay": cfg.ema_decay, "label_smoothing": cfg.label_smoothing,
     }
     return Predictions(test_scores, data.test_y, val_scores, info)
 
