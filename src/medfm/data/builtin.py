@@ -17,9 +17,16 @@ from typing import Any
 import numpy as np
 
 from medfm.data.card import DatasetCard, Sample, SplitData
-from medfm.data.dataset import DEFAULT_FRACTIONS, DEFAULT_SPLIT_SEED, FileSplit, Record, group_split
+from medfm.data.dataset import (
+    DEFAULT_FRACTIONS,
+    DEFAULT_SPLIT_SEED,
+    FileSplit,
+    Record,
+    group_split,
+)
 from medfm.data.fetch import Located
 from medfm.errors import ConfigError, InputError
+from medfm.io.geometry import geometry_differences
 from medfm.io.image import Image
 
 SPLITS = ("train", "val", "test")
@@ -70,16 +77,7 @@ def _fill_holes(fg: np.ndarray) -> np.ndarray:
 
 def check_geometry(image: Image, mask: Image, image_path: Path, mask_path: Path) -> None:
     """InputError naming both files when the mask's grid differs from the image's."""
-    problems = []
-    if image.spatial_shape != mask.spatial_shape:
-        problems.append(f"shape {mask.spatial_shape} vs {image.spatial_shape}")
-    else:
-        if not np.allclose(image.spacing, mask.spacing, rtol=1e-3, atol=1e-5):
-            problems.append(f"spacing {mask.spacing} vs {image.spacing} mm")
-        if not np.allclose(image.origin, mask.origin, atol=1e-2 * max(min(image.spacing), 1e-3)):
-            problems.append(f"origin {mask.origin} vs {image.origin} mm")
-        if not np.allclose(image.direction, mask.direction, atol=1e-4):
-            problems.append("direction differs")
+    problems = geometry_differences(mask, image)
     if problems:
         raise InputError(f"mask {mask_path} does not match image {image_path}: {'; '.join(problems)}")
 

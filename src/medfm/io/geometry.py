@@ -102,3 +102,19 @@ def describe(image: Image) -> dict[str, Any]:
     if window is not None:
         info["window"] = [float(window[0]), float(window[1])]
     return info
+
+
+def geometry_differences(a: Image, b: Image) -> list[str]:
+    """What differs between the grids of ``a`` and ``b`` (empty when they match), each item
+    naming ``a``'s value first: shape, spacing (rtol 1e-3), origin (1% of ``b``'s smallest
+    spacing), direction. Used wherever a mask must sit voxel-for-voxel on another image."""
+    if a.spatial_shape != b.spatial_shape:
+        return [f"shape {a.spatial_shape} vs {b.spatial_shape}"]
+    problems = []
+    if not np.allclose(a.spacing, b.spacing, rtol=1e-3, atol=1e-5):
+        problems.append(f"spacing {a.spacing} vs {b.spacing} mm")
+    if not np.allclose(a.origin, b.origin, atol=1e-2 * max(min(b.spacing), 1e-3)):
+        problems.append(f"origin {a.origin} vs {b.origin} mm")
+    if not np.allclose(a.direction, b.direction, atol=1e-4):
+        problems.append("direction differs")
+    return problems

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from medfm.errors import InputError
+from medfm.io.geometry import geometry_differences
 from medfm.io.image import Image
 from medfm.metrics.segmentation import METRICS, binary_metrics, summarize
 
@@ -63,16 +64,7 @@ def label_array(mask: Image, path: Path) -> np.ndarray:
 
 def check_same_geometry(pred: Image, gt: Image, pred_path: Path, gt_path: Path) -> None:
     """InputError naming both files when the two masks are not on the same grid."""
-    problems = []
-    if pred.spatial_shape != gt.spatial_shape:
-        problems.append(f"shape {pred.spatial_shape} vs {gt.spatial_shape}")
-    else:
-        if not np.allclose(pred.spacing, gt.spacing, rtol=1e-3, atol=1e-5):
-            problems.append(f"spacing {pred.spacing} vs {gt.spacing} mm")
-        if not np.allclose(pred.origin, gt.origin, atol=1e-2 * max(min(gt.spacing), 1e-3)):
-            problems.append(f"origin {pred.origin} vs {gt.origin} mm")
-        if not np.allclose(pred.direction, gt.direction, atol=1e-4):
-            problems.append("direction differs")
+    problems = geometry_differences(pred, gt)
     if problems:
         raise InputError(f"prediction {pred_path} and reference {gt_path} differ in geometry: {'; '.join(problems)}")
 
