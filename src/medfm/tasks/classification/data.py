@@ -59,8 +59,8 @@ def _check_common(obj: Any, kind: str, ndims: tuple[int, ...], hint: str) -> Non
 
 
 @dataclass
-class FeatureSplits:
-    """Embeddings per split: ``*_x`` (N, D) float, ``*_y`` labels; for embedding protocols."""
+class _Splits:
+    """The fields both split containers share: ``*_x`` / ``*_y`` per split, label names, task."""
 
     train_x: np.ndarray
     train_y: np.ndarray
@@ -70,6 +70,15 @@ class FeatureSplits:
     test_y: np.ndarray
     label_names: tuple[str, ...]
     task: str
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.label_names)
+
+
+@dataclass
+class FeatureSplits(_Splits):
+    """Embeddings per split: ``*_x`` (N, D) float, ``*_y`` labels; for embedding protocols."""
 
     def __post_init__(self) -> None:
         _check_common(self, "FeatureSplits", (2,), "(N, D) embeddings")
@@ -80,36 +89,19 @@ class FeatureSplits:
             if not np.isfinite(getattr(self, f"{s}_x")).all():
                 raise InputError(f"FeatureSplits: {s}_x contains NaN or inf")
 
-    @property
-    def n_classes(self) -> int:
-        return len(self.label_names)
-
 
 @dataclass
-class ImageSplits:
+class ImageSplits(_Splits):
     """Images per split: ``*_x`` (N, C, H, W) or (N, C, D, H, W), uint8 or float; for image protocols.
 
     uint8 images are scaled by 1/255; float images are taken as already in [0, 1].
     """
-
-    train_x: np.ndarray
-    train_y: np.ndarray
-    val_x: np.ndarray
-    val_y: np.ndarray
-    test_x: np.ndarray
-    test_y: np.ndarray
-    label_names: tuple[str, ...]
-    task: str
 
     def __post_init__(self) -> None:
         _check_common(self, "ImageSplits", (4, 5), "(N, C, H, W) or (N, C, D, H, W); add a channel axis to (N, H, W)")
         shapes = {getattr(self, f"{s}_x").shape[1:] for s in SPLITS}
         if len(shapes) != 1:
             raise InputError(f"ImageSplits: image shapes differ between splits: {sorted(shapes)}")
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.label_names)
 
     @property
     def spatial_dims(self) -> int:
