@@ -31,8 +31,11 @@ class FakeSplit:
 class FakeDataset:
     """Two Gaussian classes in 16-D; ``drop_class`` removes a class from train."""
 
-    def __init__(self, name: str = "fake", n: tuple[int, int, int] = (40, 20, 30), drop_class: int | None = None, empty: str | None = None) -> None:
-        self.card = DatasetCard(name=name, task="classification", modality="OT", labels=("neg", "pos"), license="test")
+    def __init__(
+        self, name: str = "fake", n: tuple[int, int, int] = (40, 20, 30), drop_class: int | None = None,
+        empty: str | None = None, ndim: int = 2,
+    ) -> None:
+        self.card = DatasetCard(name=name, task="classification", modality="OT", labels=("neg", "pos"), license="test", ndim=ndim)
         rng = np.random.default_rng(0)
         self._splits = {}
         for split, m in zip(("train", "val", "test"), n, strict=True):
@@ -88,7 +91,10 @@ class TextProtocol(CountingProtocol):
 class FakeContext(CellContext):
     """A CellContext over fake data and fake model cards (no zoo, no files)."""
 
-    CAPS = {"fake/vision": frozenset({"image_encoder"}), "fake/clip": frozenset({"image_encoder", "text_encoder"})}
+    CAPS = {
+        "fake/vision": frozenset({"image_encoder"}), "fake/clip": frozenset({"image_encoder", "text_encoder"}),
+        "fake/vision3d": frozenset({"image_encoder"}),
+    }
 
     def __init__(self, protocols: dict, datasets: dict | None = None) -> None:
         super().__init__(protocols=protocols)
@@ -107,6 +113,9 @@ class FakeContext(CellContext):
 
     def default_models(self) -> list[str]:
         return ["fake/vision"]
+
+    def input_ndim(self, model: str) -> int:
+        return 3 if model.endswith("3d") else 2
 
     def weights_hash(self, model: str, precision: str) -> str | None:
         return None if model.startswith("scratch/") else f"hash-{model}"

@@ -137,6 +137,22 @@ def test_text_protocol_on_vision_model_is_config_error_when_asked(fake_ctx, tmp_
     assert any("zs" in n and "text_encoder" in n for n in run.notes)
 
 
+def test_models_that_do_not_fit_the_image_dimensionality(fake_ctx) -> None:
+    from medfm.bench.runner import plan
+
+    ctx = fake_ctx({"count": CountingProtocol()}, {"fake": FakeDataset(), "vol": FakeDataset("vol", ndim=3)})
+    # default model set (2D) on a 2D and a 3D dataset: the 3D pairs are skipped with a note
+    cells, notes = plan(BenchSpec(datasets=["fake", "vol"], shots=["all"], seeds=1), ctx)
+    assert {(c.dataset, c.model) for c in cells} == {("fake", "fake/vision")}
+    assert any("fake/vision" in n and "vol" in n and "2D" in n for n in notes)
+    # a named 3D model runs on the 3D dataset only
+    cells, _ = plan(BenchSpec(datasets=["fake", "vol"], models=["fake/vision", "fake/vision3d"], shots=["all"], seeds=1), ctx)
+    assert {(c.dataset, c.model) for c in cells} == {("fake", "fake/vision"), ("vol", "fake/vision3d")}
+    # a named 2D model that fits none of the datasets is a clear error
+    with pytest.raises(ConfigError, match=r"model 'fake/vision' takes 2D images but dataset\(s\) vol hold 3D"):
+        plan(BenchSpec(datasets=["vol"], models=["fake/vision"], shots=["all"], seeds=1), ctx)
+
+
 def test_custom_executor_order_does_not_change_results(fake_ctx, tmp_path) -> None:
     class Reversed:
         def map(self, fn, cells):

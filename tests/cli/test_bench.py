@@ -67,6 +67,7 @@ def _one_line_error(capsys) -> str:
         (["--protocol", "knn", "--shots", "0"], "positive integers"),
         (["--protocol", "knnn"], "Did you mean 'knn'"),
         (["--protocol", "knn", "--dataset", "breastmnst"], "breastmnist"),
+        (["--protocol", "knn", "--dataset", "adrenalmnist3d"], "takes 2D images but dataset"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(shared_data, tmp_path, capsys, extra, message) -> None:
@@ -109,17 +110,21 @@ def test_folder_dataset_with_scratch_from_config(tmp_path, capsys) -> None:
     (root / "labels.csv").write_text("\n".join(lines) + "\n")
     spec = tmp_path / "spec.yaml"
     spec.write_text(
-        f"datasets: ['{root}']\nmodels: [{TINY}, scratch/resnet18]\nprotocols: [prototype, scratch]\n"
+        f"datasets: ['{root}']\nmodels: [{TINY}, scratch/resnet18]\nprotocols: [prototype, scratch, finetune]\n"
         "shots: [2, all]\nseeds: 1\nn_boot: 20\nprotocol_config:\n  scratch: {epochs: 1, batch_size: 16}\n"
+        "  finetune: {method: lora, epochs: 2, batch_size: 8, precision: fp32}\n"
     )
     out = tmp_path / "out"
     assert main(["bench", "--config", str(spec), "--out", str(out), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     (ds_rows,) = summary["leaderboard"].values()
-    assert {(r["model"], r["protocol"]) for r in ds_rows} == {(TINY, "prototype"), ("scratch/resnet18", "scratch")}
+    assert {(r["model"], r["protocol"]) for r in ds_rows} == {
+        (TINY, "prototype"), (TINY, "finetune"), ("scratch/resnet18", "scratch"),
+    }
     recs = json.loads((out / "results.json").read_text())["records"]
-    scratch = [r for r in recs if r["protocol"] == "scratch"]
-    assert scratch and all(r["extra"]["trained"] for r in scratch)
+    trained = [r for r in recs if r["protocol"] in ("scratch", "finetune")]
+    assert len(trained) == 4 and all(r["extra"]["trained"] for r in trained)
+    assert {r["extra"]["hyperparameters"]["method"] for r in recs if r["protocol"] == "finetune"} == {"lora"}
     assert all(r["n"] == 8 for r in recs)
 
 

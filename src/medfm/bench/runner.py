@@ -117,6 +117,10 @@ class CellContext:
     def default_models(self) -> list[str]:
         return default_models()
 
+    def input_ndim(self, model: str) -> int:
+        """2 for image models, 3 for volume models (from the card; no weights loaded for ids)."""
+        return model_card(model).input_ndim
+
     def adapter(self, model: str, precision: str) -> Any:
         key = (model, precision)
         if key not in self._adapters:
@@ -383,13 +387,18 @@ def _make_record(
 # --------------------------------------------------------------------------------------
 # Planning and the whole run
 # --------------------------------------------------------------------------------------
-def model_capabilities(model: str) -> frozenset[str]:
-    """A model id's capabilities from its card (without loading weights); paths load the card."""
+def model_card(model: str) -> Any:
+    """A model id's card (without loading weights); a saved model folder is loaded for its card."""
     from medfm import models
 
     if Path(model).expanduser().exists():
-        return frozenset(models.create_model(model).card.capabilities)
-    return frozenset(models.get_model_card(model).capabilities)
+        return models.create_model(model).card
+    return models.get_model_card(model)
+
+
+def model_capabilities(model: str) -> frozenset[str]:
+    """A model id's capabilities from its card."""
+    return frozenset(model_card(model).capabilities)
 
 
 def default_models() -> list[str]:
@@ -421,6 +430,7 @@ def plan(spec: BenchSpec, ctx: CellContext | None = None) -> tuple[list[Cell], l
     ctx = ctx or default_context()
     infos = [_protocol_info(name, p) for name, p in ctx.protocols().items()]
     cells, notes = expand(spec, infos, ctx.capabilities, ctx.default_models)
+    cells = _fit_dimensions(cells, notes, spec, ctx)
     multilabel = {c.dataset for c in cells if c.shots is not None and ctx.dataset(c.dataset, c.data_dir).card.task == "multilabel"}
     if multilabel:
         cells = [c for c in cells if c.shots is None or c.dataset not in multilabel]
@@ -428,6 +438,34 @@ def plan(spec: BenchSpec, ctx: CellContext | None = None) -> tuple[list[Cell], l
         if not cells:
             raise ConfigError(f"multilabel dataset(s) {', '.join(sorted(multilabel))} need --shots all")
     return cells, notes
+
+
+def _fit_dimensions(cells: list[Cell], notes: list[str], spec: BenchSpec, ctx: CellContext) -> list[Cell]:
+    """Drop (dataset, model) pairs whose dimensionality differs (a 2D encoder on 3D volumes):
+    a note for default models; a ConfigError when a model the user named fits none of the datasets.
+    From-scratch cells build their network for the dataset, so they always fit."""
+    data_ndim = {(c.dataset, c.data_dir): ctx.dataset(c.dataset, c.data_dir).card.ndim for c in cells}
+    model_ndim = {c.model: ctx.input_ndim(c.model) for c in cells if not c.is_scratch}
+    kept: list[Cell] = []
+    dropped: dict[str, set[str]] = {}
+    for c in cells:
+        if c.is_scratch or model_ndim[c.model] == data_ndim[(c.dataset, c.data_dir)]:
+            kept.append(c)
+        else:
+            dropped.setdefault(c.model, set()).add(c.dataset)
+    for model, datasets in dropped.items():
+        want = model_ndim[model]
+        other = 3 if want == 2 else 2
+        if spec.models and not any(c.model == model for c in kept):
+            raise ConfigError(
+                f"model '{model}' takes {want}D images but dataset(s) {', '.join(sorted(datasets))} hold "
+                f"{other}D ones; use a {other}D encoder (e.g. one from 'medfm pretrain' on the dataset) "
+                f"or --model {SCRATCH_PREFIX}resnet18"
+            )
+        notes.append(f"skipped {model} on {', '.join(sorted(datasets))}: it takes {want}D images, the dataset(s) do not")
+    if not kept:
+        raise ConfigError("bench spec expands to no cells: no requested model takes the datasets' image dimensionality")
+    return kept
 
 
 def check_data(cells: Sequence[Cell], ctx: CellContext) -> None:

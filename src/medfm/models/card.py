@@ -70,6 +70,13 @@ class ModelCard:
     # ``medfm models pull`` fetches them too so that loading works offline afterwards.
     extra_repos: tuple[str, ...] = ()
 
+    @property
+    def input_ndim(self) -> int:
+        """Spatial dimensions of the images the model takes: 3 for volume encoders (native 3D
+        models, MONAI nets with ``spatial_dims=3``), else 2."""
+        c = self.config
+        return int(c.get("ndim", c.get("net_kwargs", {}).get("spatial_dims", 2)))
+
     def __post_init__(self) -> None:
         unknown = set(self.capabilities) - CAPABILITIES
         if unknown:
