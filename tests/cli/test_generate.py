@@ -14,6 +14,9 @@ from medfm.results import read_results
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tasks" / "vqa"))
 from test_vqa_task import make_vqa_folder  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "metrics"))
+from test_text import make_tiny_bert  # noqa: E402
+
 
 def test_vqa_command(tmp_path, capsys) -> None:
     data = make_vqa_folder(tmp_path / "toyvqa", n_images=16)
@@ -48,6 +51,28 @@ def test_report_eval_command(tmp_path, capsys) -> None:
     assert m["ce_f1"]["value"] == pytest.approx(1.0)
     _, recs = read_results(tmp_path / "o" / "results.json")
     assert recs[0].protocol == "report_gen/eval"
+
+
+def test_report_eval_bertscore_option(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "pred.csv").write_text("id,report\na,No pleural effusion.\nb,Cardiomegaly.\n")
+    (tmp_path / "ref.csv").write_text("id,report\na,No pleural effusion or pneumothorax.\nb,Cardiomegaly is present.\n")
+    args = ["report-eval", "--pred", str(tmp_path / "pred.csv"), "--ref", str(tmp_path / "ref.csv"), "--meteor", "off", "--n-boot", "20"]
+    bert = make_tiny_bert(tmp_path / "bert", words=["cardiomegaly", "present"])
+    rc = main([*args, "--bertscore-model", bert, "--out", str(tmp_path / "o"), "--json"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    m = json.loads(captured.out)["records"][0]["metrics"]
+    assert 0 < m["bertscore_f1"]["value"] < 1 and m["bertscore_f1"]["ci_low"] <= m["bertscore_f1"]["value"]
+    spec, _ = read_results(tmp_path / "o" / "results.json")
+    assert spec["bertscore_model"] == bert
+    # an absent model: the metric is skipped with its reason, the rest still reported
+    rc = main([*args, "--bertscore-model", str(tmp_path / "absent"), "--json"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    rec = json.loads(captured.out)["records"][0]
+    assert "bertscore_f1" not in rec["metrics"] and "rouge_l" in rec["metrics"]
+    assert "not found" in rec["skipped_metrics"]["bertscore"] and "skipped" in captured.err
 
 
 @pytest.mark.slow

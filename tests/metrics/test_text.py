@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from medfm.errors import InputError
+from medfm.errors import ConfigError, InputError
 from medfm.metrics import text
 
 PREDS = ["heart size is normal", "there is no pneumothorax", "small left pleural effusion."]
@@ -89,3 +89,51 @@ def test_finding_labeller_and_clinical_efficacy() -> None:
 def test_length_mismatch() -> None:
     with pytest.raises(InputError):
         text.bleu(["a"], ["a", "b"])
+
+
+def make_tiny_bert(folder, words=()) -> str:
+    """A randomly initialised 2-layer BERT and a word-level tokenizer built here, saved to ``folder``."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted({w for t in (*PREDS, *REFS, *words) for w in text.tokenize(t)})]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    BertModel(cfg).eval().save_pretrained(folder)
+    return str(folder)
+
+
+def test_bertscore_matches_torchmetrics_on_tiny_bert(tmp_path) -> None:
+    from torchmetrics.functional.text.bert import bert_score
+
+    folder = make_tiny_bert(tmp_path / "bert")
+    assert text.bertscore_unavailable(folder) is None
+    ours = text.bertscore(PREDS, REFS, folder, num_layers=1)
+    for i, (p, r) in enumerate(zip(PREDS, REFS)):  # the library's own number, pair by pair
+        ref = bert_score([p], [r], model_name_or_path=folder, num_layers=1)
+        for k in ("precision", "recall", "f1"):
+            assert ours[k][i] == pytest.approx(float(ref[k]), rel=1e-5, abs=1e-6)
+    assert not np.allclose(ours["f1"], text.bertscore(PREDS, REFS, folder)["f1"])  # the layer is passed on
+    same = text.bertscore(REFS, REFS, folder)
+    np.testing.assert_allclose(same["f1"], 1.0, atol=1e-5)  # identical texts match token for token
+    assert (ours["f1"] < 0.9999).all()
+    # batched torchmetrics mismatches pairs when sorting by length is not its own inverse
+    # (torchmetrics #2728); ours keeps each pair: an identical pair still scores 1
+    preds, refs = [REFS[0], REFS[1], REFS[0]], [REFS[0], REFS[1], REFS[1]]
+    f1 = text.bertscore(preds, refs, folder)["f1"]
+    assert f1[:2] == pytest.approx([1.0, 1.0], abs=1e-5) and f1[2] < 0.999
+    assert text.bertscore(["", PREDS[0]], REFS[:2], folder)["precision"][0] == 0.0  # empty text: 0, not NaN
+
+
+def test_bertscore_absent_model_has_a_reason(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert "not found" in text.bertscore_unavailable(str(tmp_path / "nope"))
+    assert "local hub cache" in text.bertscore_unavailable("medfm-test/no-such-bert-model")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text("{}")
+    assert "lacks tokenizer files, weights" in text.bertscore_unavailable(str(tmp_path / "half"))
+    with pytest.raises(ConfigError, match="not found"):
+        text.bertscore(PREDS, REFS, str(tmp_path / "nope"))

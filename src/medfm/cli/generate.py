@@ -35,7 +35,8 @@ def _summary(records: list, out: Path | None) -> dict:
         "results": str(out / "results.json") if out else None,
         "records": [
             {"dataset": r.dataset, "protocol": r.protocol, "model": r.model, "n": r.n,
-             "metrics": {k: {"value": v.value, "ci_low": v.ci_low, "ci_high": v.ci_high} for k, v in r.metrics.items()}}
+             "metrics": {k: {"value": v.value, "ci_low": v.ci_low, "ci_high": v.ci_high} for k, v in r.metrics.items()},
+             **({"skipped_metrics": r.extra["skipped_metrics"]} if r.extra.get("skipped_metrics") else {})}
             for r in records
         ],
     }
@@ -59,8 +60,12 @@ def vqa(
     test: str | None = typer.Option(None, "--test", help="Test folder; default: an image-disjoint split of --train."),
     model: str | None = typer.Option(None, "--model", help="Generator id for generative answering (e.g. medgemma/4b-it)."),
     base_url: str | None = typer.Option(None, "--base-url", help="With --model NAME: an OpenAI-compatible server serving it."),
-    image_encoder: str = typer.Option("pixels-pca", "--image-encoder", help="'pixels-pca', a zoo id, or 'none'."),
-    fusion: str = typer.Option("mlp", "--fusion", help="Classifier of the discriminative baseline: mlp or linear."),
+    image_encoder: str = typer.Option(
+        "pixels-pca+stats", "--image-encoder", help="'pixels-pca', 'stats', 'pixels-pca+stats' (fitted on the training images), a zoo id, or 'none'."
+    ),
+    fusion: str = typer.Option("linear", "--fusion", help="Classifier (linear or mlp) when --no-select; otherwise chosen on validation."),
+    select: bool = typer.Option(True, "--select/--no-select", help="Choose classifier settings on image-disjoint validation splits of the training images."),
+    val_splits: int = typer.Option(3, "--val-splits", help="Validation splits (of the training images) averaged when selecting."),
     generate_limit: int | None = typer.Option(None, "--generate-limit", help="Answer only the first N test questions generatively."),
     test_fraction: float = typer.Option(0.3, "--test-fraction", help="Share of images held out when no --test is given."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the CIs."),
@@ -85,6 +90,7 @@ def vqa(
     cfg = VQAConfig(
         image_encoder=None if image_encoder.lower() == "none" else image_encoder, fusion=fusion, model=model, base_url=base_url,
         generate_limit=generate_limit, test_fraction=test_fraction, n_boot=n_boot, seed=seed, device=device,
+        select_on_val=select, val_splits=val_splits,
     )
     train_dir = _resolve_folder(train, data_dir)
     items = load_vqa_folder(train_dir)
@@ -106,13 +112,17 @@ def report_eval(
     pred: Path = typer.Option(..., "--pred", help="CSV with id,report (generated reports)."),
     ref: Path = typer.Option(..., "--ref", help="CSV with id,report (reference reports)."),
     meteor: str = typer.Option("auto", "--meteor", help="auto | java (METEOR 1.5) | nltk (no WordNet) | off."),
+    bertscore_model: str | None = typer.Option(
+        None, "--bertscore-model", help="BERTScore model: a local folder or a hub id in the local cache (never downloaded); absent -> skipped."
+    ),
+    bertscore_layer: int | None = typer.Option(None, "--bertscore-layer", help="Hidden layer used by BERTScore (default: the last)."),
     n_boot: int = typer.Option(1000, "--n-boot"),
     seed: int = typer.Option(0, "--seed"),
     out: Path | None = typer.Option(None, "--out", help="Output folder for results.json (optional)."),
     force: bool = typer.Option(False, "--force"),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Score generated reports: BLEU-1..4, ROUGE-L, METEOR, CIDEr, clinical-efficacy F1."""
+    """Score generated reports: BLEU-1..4, ROUGE-L, METEOR, CIDEr, clinical-efficacy F1, BERTScore (with --bertscore-model)."""
     import hashlib
     import time
 
@@ -125,12 +135,19 @@ def report_eval(
         out = prepare_out_dir(out, force=force)
     t0 = time.perf_counter()
     ids, preds, refs = paired_reports(pred, ref)
-    metrics = evaluate_reports(preds, refs, meteor=meteor, n_boot=n_boot, seed=seed)
-    spec = {"pred": str(pred), "ref": str(ref), "meteor": meteor, "n_boot": n_boot, "seed": seed}
+    skipped: dict[str, str] = {}
+    metrics = evaluate_reports(
+        preds, refs, meteor=meteor, n_boot=n_boot, seed=seed, bertscore_model=bertscore_model,
+        bertscore_layer=bertscore_layer, skipped=skipped,
+    )
+    for name, reason in skipped.items():
+        err_console.print(f"[yellow]{name} skipped:[/] {reason}")
+    spec = {"pred": str(pred), "ref": str(ref), "meteor": meteor, "n_boot": n_boot, "seed": seed,
+            "bertscore_model": bertscore_model, "bertscore_layer": bertscore_layer}
     checksum = hashlib.sha256((file_hash(pred) + file_hash(ref)).encode()).hexdigest()
     rec = Record(dataset=ref.stem, split="test", model=pred.stem, protocol="report_gen/eval", metrics=metrics,
                  seed=seed, n=len(ids), seconds=round(time.perf_counter() - t0, 3),
-                 provenance=make_provenance(spec, data_checksum=checksum))
+                 provenance=make_provenance(spec, data_checksum=checksum), extra={"skipped_metrics": skipped})
     if out is not None:
         write_results(out / "results.json", [rec], spec)
     if json_out:

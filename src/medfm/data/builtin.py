@@ -8,7 +8,6 @@ never divide a patient / examination / child (recorded in ``card.options['split'
 from __future__ import annotations
 
 import csv
-import json
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -343,29 +342,19 @@ VQA_RAD = DatasetCard(
 
 
 def vqa_records(root: Path) -> list[Record]:
-    qa_path = root / "qa.json"
-    try:
-        items = json.loads(qa_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{qa_path}: cannot read ({exc})") from exc
-    records = []
-    for item in items:
-        try:
-            image = root / "images" / item["image_name"]
-            meta = {
-                "answer": str(item["answer"]),
-                "answer_type": str(item.get("answer_type", "")).strip(),
-                "question_type": item.get("question_type"),
-                "organ": item.get("image_organ"),
-                "phrase_type": item.get("phrase_type"),
-                "split": item.get("official_split", "train"),
-                "image_name": item["image_name"],
-            }
-            records.append(Record(id=f"q{item['qid']}", image=image, text=str(item["question"]),
-                                  group=item["image_name"], meta=meta))
-        except (KeyError, TypeError) as exc:
-            raise InputError(f"{qa_path}: record {item!r} lacks {exc}") from exc
-    return records
+    """One Record per question, read by :func:`medfm.data.vqa.load_vqa_folder` (the one VQA-RAD reader)."""
+    from medfm.data.vqa import load_vqa_folder
+
+    return [
+        Record(
+            id=f"q{it.qid}", image=it.image, text=it.question, group=it.image_name,
+            meta={
+                "answer": it.answer, "answer_type": it.answer_type, "question_type": it.question_type, "organ": it.organ,
+                "phrase_type": it.phrase_type, "split": it.split or "train", "image_name": it.image_name,
+            },
+        )
+        for it in load_vqa_folder(root)
+    ]
 
 
 def _read_vqa(rec: Record) -> Sample:

@@ -8,6 +8,11 @@ METEOR: ``pycocoevalcap``'s METEOR 1.5 (Java, ~30 s start-up) when ``java`` is o
 otherwise nltk's METEOR *without* WordNet synonyms (exact + stem matches only; reported under
 its own name ``meteor_nltk``). Every metric here is higher-is-better.
 
+BERTScore: torchmetrics' implementation (``torchmetrics.functional.text.bert.bert_score``) with a
+model the user names (a local folder or a hub id already in the local cache); nothing is
+downloaded, and :func:`bertscore_unavailable` says why a model cannot be used so callers can skip
+the metric with that reason.
+
 The clinical-efficacy labeller is deliberately simple (keyword lists + negation cues in the
 same sentence, before the keyword): a rough stand-in for CheXpert/CheXbert labellers.
 """
@@ -168,6 +173,86 @@ def meteor(preds: Sequence[str], refs: Sequence[str], backend: str = "auto") -> 
 
     per = np.array([meteor_score([tokenize(r)], tokenize(p), wordnet=_NoWordNet()) for p, r in zip(preds, refs)], dtype=float)
     return "meteor_nltk", float(per.mean()), per
+
+
+# -- BERTScore ------------------------------------------------------------------------------
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spm.model", "sentencepiece.bpe.model", "tokenizer_config.json")
+
+
+def resolve_bertscore_model(model: str) -> tuple[str | None, str | None]:
+    """(local folder, None) for a usable BERTScore model, else (None, reason). ``model`` is a
+    folder (config, tokenizer and weights files) or a hub id looked up in the local cache only."""
+    from pathlib import Path
+
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        if folder.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1:
+            return None, f"BERTScore model folder {model} not found"
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(model, local_files_only=True))
+        except Exception as exc:  # not cached, bad id, no hub library: all mean 'absent offline'
+            return None, f"BERTScore model {model!r} is not a folder and not in the local hub cache ({type(exc).__name__})"
+    missing = [
+        what for what, names in (("config.json", ("config.json",)), ("tokenizer files", _TOKENIZER_FILES), ("weights", _WEIGHT_FILES))
+        if not any((folder / n).is_file() for n in names)
+    ]
+    if missing:
+        return None, f"BERTScore model folder {folder} lacks {', '.join(missing)}"
+    return str(folder), None
+
+
+def bertscore_unavailable(model: str | None) -> str | None:
+    """Why BERTScore cannot run with ``model`` (None when it can)."""
+    if not model:
+        return "no BERTScore model given"
+    try:
+        import torchmetrics.functional.text.bert  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        return f"BERTScore needs torchmetrics and transformers ({exc})"
+    return resolve_bertscore_model(model)[1]
+
+
+def bertscore(
+    preds: Sequence[str], refs: Sequence[str], model: str, num_layers: int | None = None, device: str | None = None,
+    progress: Any = None,
+) -> dict[str, np.ndarray]:
+    """Per-item BERTScore ``precision`` / ``recall`` / ``f1`` (torchmetrics, no idf, no baseline rescaling).
+
+    ``num_layers``: the hidden layer whose token embeddings are matched (None: the last layer).
+    torchmetrics is called one pair at a time: its batched call re-orders the references by
+    length and does not undo it correctly (pairs get mismatched, torchmetrics issue #2728).
+    An empty text scores 0 (the ``bert_score`` package's convention; torchmetrics gives NaN).
+    Raises ConfigError when the model is unusable (see :func:`bertscore_unavailable`).
+    """
+    preds, refs = _check(preds, refs)
+    folder, reason = resolve_bertscore_model(model)
+    if folder is None:
+        raise ConfigError(str(reason))
+    import logging
+
+    import torch
+    import transformers
+    from torchmetrics.functional.text.bert import bert_score
+
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    tok = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    net = transformers.AutoModel.from_pretrained(folder, local_files_only=True).eval()
+    limit = min(512, int(getattr(tok, "model_max_length", 512) or 512))
+    # pad only to the longest text here (padding is masked, so the scores are those at 512)
+    longest = max(len(tok(t, truncation=True, max_length=limit)["input_ids"]) for t in preds + refs)
+    out = {k: np.zeros(len(preds)) for k in ("precision", "recall", "f1")}
+    pairs = list(enumerate(zip(preds, refs)))
+    with torch.inference_mode():
+        for i, (p, r) in progress(pairs, total=len(pairs), desc="bertscore") if progress else pairs:
+            res = bert_score([p], [r], model=net, user_tokenizer=tok, num_layers=num_layers, max_length=longest,
+                             truncation=True, device=device or "cpu", batch_size=1)
+            for k in out:
+                out[k][i] = float(torch.as_tensor(res[k]).reshape(-1)[0])
+    return {k: np.nan_to_num(v, nan=0.0) for k, v in out.items()}
 
 
 # -- clinical efficacy ---------------------------------------------------------------------

@@ -69,3 +69,22 @@ def test_paired_csvs(tmp_path) -> None:
     (tmp_path / "bad.csv").write_text("name,text\n")
     with pytest.raises(InputError, match="missing column"):
         paired_reports(tmp_path / "bad.csv", tmp_path / "r.csv")
+
+
+def test_evaluate_reports_bertscore(tmp_path) -> None:
+    import sys
+
+    from medfm.metrics import text as tm
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "metrics"))
+    from test_text import make_tiny_bert
+
+    preds, refs = [NORMAL, ABNORMAL, NORMAL], [NORMAL, ABNORMAL, ABNORMAL]
+    bert = make_tiny_bert(tmp_path / "bert", words=[NORMAL, ABNORMAL])
+    skipped: dict[str, str] = {}
+    m = evaluate_reports(preds, refs, meteor="off", n_boot=50, bertscore_model=bert, skipped=skipped)
+    per = tm.bertscore(preds, refs, bert)["f1"]
+    assert not skipped and m["bertscore_f1"].value == pytest.approx(per.mean())
+    assert per[0] == pytest.approx(1.0, abs=1e-5) and per[2] < 0.999
+    m = evaluate_reports(preds, refs, meteor="off", n_boot=50, bertscore_model=str(tmp_path / "none"), skipped=skipped)
+    assert "bertscore_f1" not in m and "not found" in skipped["bertscore"]

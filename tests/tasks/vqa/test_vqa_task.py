@@ -120,7 +120,7 @@ def test_run_vqa_records(vqa_items) -> None:
     recs = run_vqa(tr, te, VQAConfig(n_boot=50, fusion="linear"), dataset="toy")
     assert [r.protocol for r in recs] == ["vqa/majority", "vqa/question_only", "vqa/discriminative"]
     assert recs[2].metrics["closed_accuracy"].value > recs[1].metrics["closed_accuracy"].value
-    assert recs[2].extra["validation_closed_accuracy"]
+    assert recs[2].extra["validation_accuracy"]
     with pytest.raises(ConfigError, match="image-disjoint"):
         run_vqa(tr, tr[:3], VQAConfig(n_boot=10))
 
@@ -131,3 +131,33 @@ def test_real_vqa_rad_loads(shared_data) -> None:
     assert len(items) == 2332
     assert sum(i.answer_type == "CLOSED" for i in items) == 1402
     assert len(load_vqa_folder(shared_data / "vqa_rad", split="test")) == 310
+
+
+def test_attribute_probabilities_answer_what_modality() -> None:
+    """With attribute probabilities as features, 'What modality?' is answered from the image."""
+    from medfm.tasks.vqa.discriminative import ATTRIBUTES, AttributeModel
+
+    rng = np.random.default_rng(0)
+    mods = ["ct", "mri", "xray"] * 10
+    feats = np.stack([np.eye(3)[["ct", "mri", "xray"].index(m)] + rng.normal(0, 0.1, 3) for m in mods])
+    names = [f"i{i}" for i in range(len(mods))]
+    am = AttributeModel().fit(names, feats, {n: {"modality": m} for n, m in zip(names, mods)})
+    x = am.features(["Is this a CT?"] * 3, feats[:3], probs_too=True)
+    n_values = sum(len(v) for v in ATTRIBUTES.values())
+    assert x.shape == (3, n_values + 2 * len(ATTRIBUTES))
+    assert x[0, 0] > 0.5 and x[1, 1] > 0.5 and x[2, 2] > 0.5  # P(ct), P(mri), P(xray) of the three images
+    match = x[:, n_values]  # P(the named value 'ct')
+    assert match[0] > 0.5 > match[1]
+    assert x[:, n_values + 1].tolist() == [1.0, 1.0, 1.0]  # the question names a modality
+
+
+def test_image_stats_encoder(vqa_items) -> None:
+    from medfm.tasks.vqa.features import train_only_features
+
+    paths = sorted({i.image for i in vqa_items})
+    a, b = train_only_features("pixels-pca+stats", paths[:16], [paths[:16], paths[16:]])
+    assert a.shape[0] == 16 and b.shape[0] == len(paths) - 16 and a.shape[1] == b.shape[1]
+    stats = train_only_features("stats", paths[:16], [paths[:16]])[0]
+    np.testing.assert_allclose(stats.mean(0), 0, atol=1e-4)  # standardised with training statistics
+    with pytest.raises(ConfigError, match="train-only"):
+        train_only_features("pixels", paths, [paths])

@@ -6,8 +6,9 @@
 - ``generate_reports``: a generator's answer to its card's ``report`` prompt with the image;
 - ``evaluate_reports``: BLEU-1..4 (corpus level, no interval), ROUGE-L, METEOR, CIDEr-D and
   clinical-efficacy precision / recall / F1 (``medfm.metrics.text``); per-report metrics get
-  percentile bootstrap intervals over reports. BERTScore is not computed (its model is not
-  shipped offline).
+  percentile bootstrap intervals over reports; BERTScore precision / recall / F1 (torchmetrics)
+  when a BERTScore model (local folder or cached hub id) is given and present, otherwise the
+  metric is skipped and the reason recorded (no model ships offline).
 """
 
 from __future__ import annotations
@@ -37,13 +38,19 @@ class ReportConfig:
     model: str | None = None
     max_new_tokens: int = 128
     meteor: str = "auto"
+    bertscore_model: str | None = None  # local folder or cached hub id; None: BERTScore skipped
+    bertscore_layer: int | None = None  # hidden layer for BERTScore (None: the last)
     n_boot: int = 1000
     seed: int = 0
     device: str | None = None
 
 
-def evaluate_reports(preds: Sequence[str], refs: Sequence[str], meteor: str = "auto", n_boot: int = 1000, seed: int = 0) -> dict[str, MetricValue]:
-    """All report metrics of ``preds`` against ``refs`` (same order)."""
+def evaluate_reports(
+    preds: Sequence[str], refs: Sequence[str], meteor: str = "auto", n_boot: int = 1000, seed: int = 0,
+    bertscore_model: str | None = None, bertscore_layer: int | None = None, skipped: dict[str, str] | None = None,
+) -> dict[str, MetricValue]:
+    """All report metrics of ``preds`` against ``refs`` (same order). A metric that cannot run
+    (BERTScore without its model) is left out and, when ``skipped`` is given, its reason put there."""
     preds, refs = list(map(str, preds)), list(map(str, refs))
     if len(preds) != len(refs) or not preds:
         raise InputError(f"report metrics: {len(preds)} predictions for {len(refs)} references")
@@ -54,6 +61,13 @@ def evaluate_reports(preds: Sequence[str], refs: Sequence[str], meteor: str = "a
     if tm.meteor_backend(meteor) is not None:
         name, _, per_m = tm.meteor(preds, refs, backend=meteor)
         per[name] = per_m
+    if bertscore_model is not None:
+        reason = tm.bertscore_unavailable(bertscore_model)
+        if reason is None:
+            bs = tm.bertscore(preds, refs, bertscore_model, num_layers=bertscore_layer)
+            per.update({f"bertscore_{k}": v for k, v in bs.items()})
+        elif skipped is not None:
+            skipped["bertscore"] = reason
     names = list(per)
     table = np.stack([per[n] for n in names], axis=1)
     fns = {n: (lambda t, _, j=j: float(t[:, j].mean())) for j, n in enumerate(names)}
@@ -125,10 +139,14 @@ def run_report_generation(train: Sequence[ReportItem], test: Sequence[ReportItem
         from medfm.errors import ConfigError
 
         raise ConfigError(f"report method must be 'retrieval' or 'generator', got {cfg.method!r}")
-    metrics = evaluate_reports(preds, [it.report for it in test], cfg.meteor, cfg.n_boot, cfg.seed)
+    skipped: dict[str, str] = {}
+    metrics = evaluate_reports(
+        preds, [it.report for it in test], cfg.meteor, cfg.n_boot, cfg.seed,
+        bertscore_model=cfg.bertscore_model, bertscore_layer=cfg.bertscore_layer, skipped=skipped,
+    )
     return Record(
         dataset=dataset, split="test", model=model, protocol=f"report_gen/{cfg.method}", metrics=metrics,
         seed=cfg.seed, n=len(test), seconds=round(time.perf_counter() - t0, 3),
         provenance=make_provenance(cfg, data_checksum=h.hexdigest(), weights_hash=whash, n_train=len(train)),
-        extra={"predictions": [{"id": it.id, "report": p} for it, p in zip(test, preds)]},
+        extra={"predictions": [{"id": it.id, "report": p} for it, p in zip(test, preds)], "skipped_metrics": skipped},
     )

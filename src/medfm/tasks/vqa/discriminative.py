@@ -7,7 +7,8 @@ the MEVF protocol). Fusion ``linear``: logistic regression on [question, image] 
 question x image interactions; ``attributes`` adds question-image agreement features: image
 attribute classifiers (organ from the data, modality/plane mined from training answers) are
 fitted on the training images and their probabilities for the values a question names become
-features. Every parameter is fitted on the training items only.
+features (scaled by ``attribute_weight``; ``image_weight`` 0 keeps only these, without the raw
+image features). Every parameter is fitted on the training items only.
 """
 
 from __future__ import annotations
@@ -51,10 +52,12 @@ ATTRIBUTES: dict[str, dict[str, tuple[str, ...]]] = {
 class DiscriminativeConfig:
     """Settings of the discriminative baseline (choose them on a validation split of training images)."""
 
-    image_encoder: str | None = "pixels-pca"
-    fusion: str = "mlp"
+    image_encoder: str | None = "pixels-pca+stats"
+    fusion: str = "linear"
     attributes: bool = True
     image_weight: float = 0.1  # scale of standardised image features beside unit-norm question embeddings
+    attribute_weight: float = 1.0  # scale of the question-image attribute agreement features
+    attribute_probs: bool = False  # also every attribute probability (answers "what plane / modality / organ?")
     pca_components: int = 32
     C: float = 1.0
     hidden: int = 128
@@ -110,9 +113,18 @@ class AttributeModel:
                 self.models[group] = LogisticRegression(C=self.C, max_iter=2000).fit(feats[idx], y)
         return self
 
-    def features(self, questions: list[str], feats: np.ndarray) -> np.ndarray:
-        """(N, 2 * groups): [P(named value | image), question names a value] per group."""
+    def features(self, questions: list[str], feats: np.ndarray, probs_too: bool = False) -> np.ndarray:
+        """(N, 2 * groups): [P(named value | image), question names a value] per group; with
+        ``probs_too`` also P(value | image) for every value of every group (0 without a model)."""
         cols = []
+        if probs_too:
+            for group, values in ATTRIBUTES.items():
+                model = self.models.get(group)
+                for v in values:
+                    if model is not None and v in list(model.classes_):
+                        cols.append(model.predict_proba(feats)[:, list(model.classes_).index(v)])
+                    else:
+                        cols.append(np.zeros(len(questions)))
         mentions = [_mentions(q) for q in questions]
         for group, values in ATTRIBUTES.items():
             model = self.models.get(group)
@@ -155,9 +167,11 @@ def fit_predict(
     test: Sequence[VQAItem],
     cfg: DiscriminativeConfig,
     image_features: tuple[np.ndarray, np.ndarray] | None = None,
+    kinds: tuple[str, ...] = ("CLOSED", "OPEN"),
 ) -> list[str]:
     """Fit on ``train``, answer ``test``. ``image_features`` = (train (N, D), test (M, D)) rows
-    aligned with the items (None: question-only)."""
+    aligned with the items (None: question-only). Only the heads in ``kinds`` are fitted; test
+    questions of the other answer type get the empty answer (used by the validation search)."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
@@ -173,19 +187,19 @@ def fit_predict(
     if image_features is not None:
         itr, ite = image_features
         mu, sd = itr.mean(0), itr.std(0) + 1e-6  # standardised with training statistics
-        parts_tr = [xtr, (itr - mu) / sd * cfg.image_weight]
-        parts_te = [xte, (ite - mu) / sd * cfg.image_weight]
+        parts_tr = [xtr] + ([(itr - mu) / sd * cfg.image_weight] if cfg.image_weight > 0 else [])
+        parts_te = [xte] + ([(ite - mu) / sd * cfg.image_weight] if cfg.image_weight > 0 else [])
         if cfg.attributes:
             names = [it.image_name for it in train]
             first = {n: i for i, n in reversed(list(enumerate(names)))}
             uniq = sorted(first)
             attr = AttributeModel().fit(uniq, itr[[first[n] for n in uniq]], image_attribute_labels(train))
-            parts_tr.append(attr.features([it.question for it in train], itr))
-            parts_te.append(attr.features([it.question for it in test], ite))
+            parts_tr.append(attr.features([it.question for it in train], itr, cfg.attribute_probs) * cfg.attribute_weight)
+            parts_te.append(attr.features([it.question for it in test], ite, cfg.attribute_probs) * cfg.attribute_weight)
         xtr, xte = np.hstack(parts_tr), np.hstack(parts_te)
     ytr = np.array([normalize_answer(it.answer) for it in train], dtype=object)
-    preds = np.empty(len(test), dtype=object)
-    for kind in ("CLOSED", "OPEN"):
+    preds = np.full(len(test), "", dtype=object)
+    for kind in kinds:
         mtr = np.array([it.answer_type == kind for it in train])
         mte = np.array([it.answer_type == kind for it in test])
         if not mte.any():
@@ -202,6 +216,23 @@ def fit_predict(
                 model.fit(xtr[mtr], ytr[mtr].astype(str))
         preds[mte] = model.predict(xte[mte])
     return [str(p) for p in preds]
+
+
+def fit_predict_heads(
+    train: Sequence[VQAItem],
+    test: Sequence[VQAItem],
+    cfgs: dict[str, DiscriminativeConfig],
+    image_features: tuple[np.ndarray, np.ndarray] | None = None,
+) -> list[str]:
+    """Like :func:`fit_predict` with its own settings per answer type (``{"CLOSED": .., "OPEN": ..}``);
+    a head whose settings have no ``image_encoder`` ignores ``image_features``."""
+    out = [""] * len(test)
+    for kind, cfg in cfgs.items():
+        preds = fit_predict(train, test, cfg, image_features if cfg.image_encoder else None, kinds=(kind,))
+        for i, it in enumerate(test):
+            if it.answer_type == kind:
+                out[i] = preds[i]
+    return out
 
 
 def majority_answers(train: Sequence[VQAItem], test: Sequence[VQAItem]) -> list[str]:

