@@ -35,6 +35,7 @@ COMMAND_MODULES: list[str] = [
     "medfm.cli.embed",
     "medfm.cli.pretrain",
     "medfm.cli.segment",
+    "medfm.cli.seg_prompt",
     "medfm.cli.prognosis",
     "medfm.cli.generate",
 ]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from medfm.data.card import Sample
-from medfm.errors import InputError
+from medfm.errors import ConfigError, InputError
 from medfm.io.image import Image
 from medfm.tasks.segmentation.promptable import (
     PromptEvalConfig,
@@ -142,3 +142,13 @@ def test_tiny_sam_end_to_end(sam_tiny) -> None:
     s = Sample("v", image=Image(vol, (1.0, 1.0, 1.0)), mask=Image(lab, (1.0, 1.0, 1.0)))
     rows = evaluate_prompted(sam_tiny, [s], [1], PromptEvalConfig(mode="box", max_shift=3))
     assert len(rows) == 1 and 0.0 <= rows[0]["dice"] <= 1.0
+
+
+def test_evaluate_prompted_refuses_mask_off_the_image_grid() -> None:
+    vol = _sphere_volume()
+    lab = (vol > 0.5).astype(np.uint8)
+    s = Sample("a", image=Image(vol[:, :, :30], (2.0, 1.0, 1.0)), mask=Image(lab, (2.0, 1.0, 1.0)))
+    with pytest.raises(InputError, match="differs from the image"):
+        evaluate_prompted(ThresholdSegmenter(), [s], [1], PromptEvalConfig(mode="box"))
+    with pytest.raises(ConfigError, match="prompt mode"):
+        evaluate_prompted(ThresholdSegmenter(), [s], [1], PromptEvalConfig(mode="lasso"))

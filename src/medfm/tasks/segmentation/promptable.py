@@ -8,20 +8,25 @@ pixel's corner, so a mask covering columns c0..c1 has x0 = c0, x1 = c1 + 1. Volu
 
 Prompt simulation follows MedSAM / SAM-Med2D evaluation: a box is the ground-truth bounding box
 with each side moved by a seeded random shift of up to ``max_shift`` pixels (clipped to the
-image); points are sampled uniformly among the ground-truth pixels (all positive).
+image); points are sampled uniformly among the ground-truth pixels (all positive). Fixed boxes
+can be given instead (``read_prompt_file``: the same prompts for every model compared).
+Scores are the ``seg-eval`` metrics and summaries (``medfm.tasks.segmentation.evaluate``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from medfm.errors import InputError
+from medfm.errors import ConfigError, InputError
 from medfm.io.image import Image
 from medfm.metrics.segmentation import binary_metrics
+from medfm.tasks.segmentation.evaluate import SegEvalResult, summarize_rows
+
+PROMPT_MODES = ("box", "points", "propagate")
 
 
 # -- prompt validation -----------------------------------------------------------------------
@@ -199,6 +204,77 @@ class PromptEvalConfig:
     margin: float = 3.0
 
 
+@dataclass(frozen=True)
+class FixedPrompt:
+    """A given box prompt for one (case, label): on the image (2D) or on slice ``z`` (3D, then
+    propagated through the volume)."""
+
+    box: tuple[float, float, float, float]
+    z: int | None = None
+    where: str = "prompt"
+
+
+def read_prompt_file(path: str | Any) -> dict[tuple[str, int], FixedPrompt]:
+    """Box prompts from a CSV with columns ``case, x0, y0, x1, y1`` and optional ``label``
+    (default 1) and ``z`` (3D key slice); pixels, x = column, as for ``medfm segment --box``."""
+    import csv
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: prompt file not found")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        cols = set(reader.fieldnames or ())
+        need = {"case", "x0", "y0", "x1", "y1"}
+        if not need <= cols:
+            raise InputError(f"{path}: prompt file needs columns {sorted(need)} (+ optional label, z), got {sorted(cols)}")
+        out: dict[tuple[str, int], FixedPrompt] = {}
+        for i, row in enumerate(reader, start=2):
+            where = f"{path}:{i}"
+            try:
+                box = tuple(float(row[k]) for k in ("x0", "y0", "x1", "y1"))
+                label = int(row.get("label") or 1)
+                z = int(row["z"]) if (row.get("z") or "").strip() else None
+            except ValueError:
+                raise InputError(f"{where}: box coordinates, label and z must be numbers") from None
+            key = (row["case"], label)
+            if key in out:
+                raise InputError(f"{where}: a second prompt for case '{row['case']}' label {label}")
+            out[key] = FixedPrompt(box, z, where)  # type: ignore[arg-type]
+    if not out:
+        raise InputError(f"{path}: no prompts in the file")
+    return out
+
+
+def check_prompts(prompts: dict[tuple[str, int], FixedPrompt], samples: Sequence[Any]) -> None:
+    """Every fixed prompt names an evaluated case and lies on its image (slice), else InputError;
+    run before any model call so a bad prompt file fails fast."""
+    shapes = {str(s.id): s.image.array.shape[1:] for s in samples if s.image is not None}
+    unknown = sorted({c for c, _ in prompts} - set(shapes))
+    if unknown:
+        raise InputError(f"prompt file names case(s) not in the evaluated cases: {unknown[:5]}")
+    for (case, _), p in prompts.items():
+        shape = shapes[case]
+        if len(shape) == 3:
+            if p.z is None:
+                raise InputError(f"{p.where}: a 3D case needs the key slice in column z")
+            check_slice(p.z, shape[0], where=p.where)
+        elif p.z not in (None, 0):
+            raise InputError(f"{p.where}: z = {p.z} given for a 2D image")
+        check_box(p.box, tuple(shape[-2:]), where=p.where)
+
+
+def _fixed_prediction(model: Any, arr: np.ndarray, gt: np.ndarray, prompt: FixedPrompt, cfg: PromptEvalConfig) -> np.ndarray:
+    """Prediction from a fixed box (checked by ``check_prompts``): 2D directly, 3D propagated from z."""
+    if gt.ndim == 2:
+        return segment_box(model, arr, check_box(prompt.box, gt.shape, where=prompt.where))
+    assert prompt.z is not None
+    z = check_slice(prompt.z, gt.shape[0], where=prompt.where)
+    check_box(prompt.box, gt.shape[1:], where=prompt.where)
+    return propagate_3d(model, arr, z, box=prompt.box, margin=cfg.margin)
+
+
 def _predict_label(model: Any, arr: np.ndarray, gt: np.ndarray, cfg: PromptEvalConfig, rng: np.random.Generator) -> np.ndarray:
     """Binary prediction (same shape as ``gt``) for one label of one image/volume."""
     pred = np.zeros(gt.shape, dtype=bool)
@@ -220,7 +296,7 @@ def _predict_label(model: Any, arr: np.ndarray, gt: np.ndarray, cfg: PromptEvalC
         elif cfg.mode == "points":
             m = segment_points(model, img, sample_points(g, cfg.n_points, rng))
         else:
-            raise InputError(f"unknown prompt mode '{cfg.mode}' (box, points, propagate)")
+            raise ConfigError(f"unknown prompt mode '{cfg.mode}' ({', '.join(PROMPT_MODES)})")
         if z is None:
             pred = m
         else:
@@ -229,22 +305,169 @@ def _predict_label(model: Any, arr: np.ndarray, gt: np.ndarray, cfg: PromptEvalC
 
 
 def evaluate_prompted(
-    model: Any, samples: Sequence[Any], labels: Sequence[int], config: PromptEvalConfig
+    model: Any,
+    samples: Iterable[Any],
+    labels: Sequence[int],
+    config: PromptEvalConfig,
+    prompts: dict[tuple[str, int], FixedPrompt] | None = None,
 ) -> list[dict[str, Any]]:
     """Per-case, per-label metrics of a promptable model with prompts simulated from the masks.
 
     ``samples``: objects with ``id``, ``image`` and ``mask`` Images (``medfm.data.Sample``).
+    ``prompts``: fixed boxes per (case, label) instead of simulated ones; a label present in a
+    case's mask without a prompt is an InputError (nothing is silently scored as missed).
     Returns rows {"case", "label", metric: value, ...}; every case and label is a row, including
     those whose reference is empty (Dice 1 when the prediction is empty too).
     """
+    if config.mode not in PROMPT_MODES:
+        raise ConfigError(f"unknown prompt mode '{config.mode}' ({', '.join(PROMPT_MODES)})")
     rng = np.random.default_rng(config.seed)
     rows = []
     for s in samples:
+        if s.image is None or s.mask is None:
+            raise InputError(f"case {s.id}: needs an image and a reference mask for prompted evaluation")
         arr = s.image.array
         gt_all = s.mask.array[0] if s.mask.array.shape[0] == 1 else s.mask.array
+        if gt_all.shape != arr.shape[1:]:
+            raise InputError(
+                f"case {s.id}: mask shape {gt_all.shape} differs from the image's {arr.shape[1:]}; "
+                "prompts taken from the mask would not fall on the image"
+            )
         for lab in labels:
             gt = gt_all == lab
-            pred = _predict_label(model, arr, gt, config, rng)
+            if prompts is not None:
+                p = prompts.get((str(s.id), int(lab)))
+                if p is None and gt.any():
+                    raise InputError(f"case {s.id}: no prompt for label {lab} in the prompt file")
+                pred = np.zeros(gt.shape, bool) if p is None else _fixed_prediction(model, arr, gt, p, config)
+            else:
+                pred = _predict_label(model, arr, gt, config, rng)
             m = binary_metrics(pred, gt, s.image.spacing, config.tolerance_mm)
             rows.append({"case": s.id, "label": int(lab), **m})
     return rows
+
+
+def evaluate_prompted_cases(
+    model: Any,
+    samples: Sequence[Any],
+    labels: Sequence[int],
+    config: PromptEvalConfig,
+    prompts: dict[tuple[str, int], FixedPrompt] | None = None,
+    n_boot: int = 1000,
+    progress: Any = None,
+) -> SegEvalResult:
+    """``evaluate_prompted`` plus the ``seg-eval`` summaries (per label and mean, bootstrap CIs
+    over cases). ``progress``: optional wrapper ``f(iterable, total) -> iterable``."""
+    if not samples:
+        raise InputError("no cases to evaluate")
+    if prompts is not None:
+        check_prompts(prompts, samples)
+    it = samples if progress is None else progress(samples, len(samples))
+    rows = evaluate_prompted(model, it, labels, config, prompts)
+    labels = tuple(int(v) for v in labels)
+    notes = []
+    no_spacing = [s.id for s in samples if s.image.meta.get("spacing_known") is False]
+    if no_spacing:
+        notes.append(f"{len(no_spacing)} case(s) carry no pixel spacing (e.g. PNG): their distances and volumes "
+                     f"assume 1 mm pixels ({', '.join(map(str, no_spacing[:3]))}{' ...' if len(no_spacing) > 3 else ''})")
+    return SegEvalResult(rows, summarize_rows(rows, labels, n_boot, config.seed), labels, n_cases=len(samples), notes=notes)
+
+
+# -- a whole run (``medfm seg-prompt-eval``) -------------------------------------------------
+
+
+@dataclass
+class SegPromptEvalConfig:
+    """What ``seg-prompt-eval`` was asked (recorded in the results' provenance).
+
+    prompt: a ``PROMPT_MODES`` entry, or None for the default (box for 2D data, propagate for 3D).
+    """
+
+    model: str
+    dataset: str
+    split: str = "test"
+    prompt: str | None = None
+    n_points: int = 1
+    jitter: int = 5
+    margin: float = 3.0
+    seed: int = 0
+    limit: int | None = None
+    labels: tuple[int, ...] = ()
+    prompts_file: str | None = None
+    tolerance_mm: float = 1.0
+    n_boot: int = 1000
+
+
+@dataclass
+class PromptEvalRun:
+    result: SegEvalResult
+    protocol: str
+    model: str
+    dataset: str
+    split: str
+    seconds: float
+    out: Any = None
+
+
+def run_prompt_eval(
+    config: SegPromptEvalConfig,
+    out: Any,
+    force: bool = False,
+    data_dir: Any = None,
+    device: str = "cpu",
+    progress: Any = None,
+) -> PromptEvalRun:
+    """Load the dataset split and the model, check them, evaluate with simulated (or given)
+    prompts, and write ``cases.csv`` and ``results.json`` (one ``Record``) into ``out``.
+
+    Bad input (no masks, unknown prompt mode, bad prompt file) is refused before ``out`` is made.
+    """
+    import time
+
+    from medfm._paths import prepare_out_dir
+    from medfm.data import load_dataset
+    from medfm.models import create_model
+    from medfm.results import write_results
+    from medfm.tasks.segmentation.evaluate import to_records, write_case_csv
+    from medfm.tasks.segmentation.train import infer_labels
+
+    cfg = config
+    if cfg.prompt is not None and cfg.prompt not in PROMPT_MODES:
+        raise ConfigError(f"--prompt must be one of {', '.join(PROMPT_MODES)}, got '{cfg.prompt}'")
+    if cfg.prompts_file is not None and cfg.prompt is not None:
+        raise ConfigError("give either --prompt (simulated prompts) or --prompts FILE (fixed boxes), not both")
+    fixed = read_prompt_file(cfg.prompts_file) if cfg.prompts_file is not None else None
+    ds = load_dataset(cfg.dataset, data_dir)
+    if ds.card.task != "segmentation":
+        raise ConfigError(f"dataset {ds.card.name} is a {ds.card.task} dataset without masks; "
+                          "seg-prompt-eval needs reference segmentation masks")
+    part = ds.split(cfg.split)
+    n = len(part) if cfg.limit is None else min(cfg.limit, len(part))
+    samples = [part[i] for i in range(n)]
+    if not samples:
+        raise ConfigError(f"dataset {ds.card.name}: split '{cfg.split}' has no cases")
+    ndim = samples[0].image.ndim if samples[0].image is not None else ds.card.ndim
+    mode = cfg.prompt or ("propagate" if ndim == 3 else "box")
+    if mode == "propagate" and ndim != 3:
+        raise ConfigError("--prompt propagate needs 3D volumes; this dataset is 2D (use box or points)")
+    labels = tuple(cfg.labels) or infer_labels(samples)
+    if not labels:
+        raise ConfigError(f"no foreground label in the masks of split '{cfg.split}'; pass --labels")
+    if fixed is not None:
+        check_prompts(fixed, samples)
+    model = create_model(cfg.model, device=device)
+    model.require("segmenter", "seg-prompt-eval")
+    out_dir = prepare_out_dir(out, force=force)
+
+    record_cfg = replace(cfg, dataset=ds.card.name, prompt="fixed" if fixed else mode, labels=labels)
+    pcfg = PromptEvalConfig(mode=mode, max_shift=cfg.jitter, n_points=cfg.n_points, seed=cfg.seed,
+                            tolerance_mm=cfg.tolerance_mm, margin=cfg.margin)
+    t0 = time.perf_counter()
+    res = evaluate_prompted_cases(model, samples, labels, pcfg, prompts=fixed, n_boot=cfg.n_boot, progress=progress)
+    seconds = time.perf_counter() - t0
+    protocol = "prompt-fixed-box" if fixed else (f"prompt-points{cfg.n_points}" if mode == "points" else f"prompt-{mode}")
+    records = to_records(res, ds.card.name, cfg.split, model.card.id, protocol, record_cfg, data_checksum=ds.checksum(),
+                         weights_hash=model.weights_hash, seconds=seconds, seed=cfg.seed)
+    write_case_csv(res.rows, out_dir / "cases.csv")
+    write_results(out_dir / "results.json", records, record_cfg)
+    return PromptEvalRun(res, protocol, model.card.id, ds.card.name, cfg.split, seconds, out_dir)
