@@ -74,6 +74,10 @@ def train_seg_command(
     samples: int = typer.Option(None, "--samples", help="Patches sampled per image per step."),
     channels: str = typer.Option(None, "--channels", help="UNet widths, e.g. 16,32,64,128,256."),
     lr: float = typer.Option(None, "--lr", help="AdamW learning rate (default 2e-3, poly decay)."),
+    rotate: float = typer.Option(None, "--rotate", help="Augmentation: random rotation up to +-DEG degrees (p 0.5)."),
+    scale_aug: float = typer.Option(None, "--scale-aug", help="Augmentation: random zoom by up to +-this fraction (p 0.5)."),
+    select_inference: bool = typer.Option(True, "--select-inference/--no-select-inference",
+                                          help="After training, choose flip TTA and largest-component post-processing on val."),
     seed: int = typer.Option(0, "--seed", help="Seed for init, sampling and bootstrap."),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast where fast), bf16 or fp32."),
     tolerance_mm: float = typer.Option(1.0, "--tolerance-mm", help="NSD tolerance in mm for the test evaluation."),
@@ -104,7 +108,8 @@ def train_seg_command(
         cfg.arch = arch
     given = {
         "encoder": encoder, "minutes": minutes, "cpu_minutes": cpu_minutes, "epochs": epochs, "max_steps": max_steps, "batch_size": batch_size,
-        "samples_per_image": samples, "lr": lr, "precision": precision, "seed": seed,
+        "samples_per_image": samples, "lr": lr, "rotate_deg": rotate, "scale_aug": scale_aug,
+        "select_inference": select_inference, "precision": precision, "seed": seed,
         "patch_size": _int_tuple(patch, "--patch") or None, "input_size": _int_tuple(input_size, "--input-size") or None,
         "channels": _int_tuple(channels, "--channels") or None,
     }

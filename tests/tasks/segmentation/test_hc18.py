@@ -65,3 +65,36 @@ def test_ellipse_fit_repairs_a_ragged_prediction() -> None:
     assert rows[0]["dice"] > 0.995
     empty = ellipse_dice_rows([np.zeros_like(pred)[None]], [s])
     assert empty[0]["dice"] == 0.0
+
+
+def test_fit_ignores_the_image_border() -> None:
+    from medfm.metrics.segmentation import mask_ellipse
+    from medfm.tasks.segmentation.hc18 import fit_mask_ellipse
+
+    full = _ellipse(260, 300, 100, 80, 0.2, grow=0.0)
+    cut = full[80:, :]  # the field of view cuts the top of the head
+    _, _, a, b, _ = fit_mask_ellipse(cut)
+    assert a == pytest.approx(100, abs=1.0) and b == pytest.approx(80, abs=1.0)
+    _, _, a0, b0, _ = mask_ellipse(cut)  # the straight border pulls a plain fit off
+    assert abs(a0 - 100) + abs(b0 - 80) > 3
+
+
+def test_robust_and_hull_fits_resist_leaks_and_notches() -> None:
+    from medfm.tasks.segmentation.hc18 import FIT_METHODS, fit_mask_ellipse
+
+    gt = _ellipse(260, 300, 100, 80, 0.0, grow=0.0)
+    leak = gt.copy()
+    leak[110:150, 240:295] = True  # the prediction spills out past the skull on one side
+
+    def err(mask: np.ndarray, method: str) -> float:
+        _, _, a, b, _ = fit_mask_ellipse(mask, method)
+        return abs(a - 100) + abs(b - 80)
+
+    assert err(gt, "robust") < 0.5 and err(gt, "hull") < 0.5
+    assert err(leak, "robust") < 0.5 * err(leak, "lsq")
+    notch = gt.copy()
+    notch[120:140, 30:70] = False  # a concave notch into the head from its edge
+    assert err(notch, "hull") < 0.5 * err(notch, "lsq") + 0.2
+    assert set(FIT_METHODS) == {"lsq", "robust", "hull"}
+    with pytest.raises(ValueError, match="unknown ellipse fit"):
+        fit_mask_ellipse(gt, "magic")

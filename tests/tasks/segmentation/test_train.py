@@ -68,10 +68,14 @@ def test_train_3d_checkpoint_resume_and_predict(tmp_path) -> None:
 def test_train_2d_with_resize_and_time_budget(tmp_path) -> None:
     data = _cases(3, (40, 52), seed=1)
     cfg = SegTrainConfig(arch="unet2d", patch_size=(16, 16), input_size=(32, 32), channels=(4, 8),
-                         batch_size=2, samples_per_image=1, minutes=0.02, epochs=1000, flip_axes=(0, 1))
+                         batch_size=2, samples_per_image=1, minutes=0.02, epochs=1000, flip_axes=(0, 1),
+                         rotate_deg=15.0, scale_aug=0.1)
     res = train_segmentation(data[:2], data[2:], cfg, tmp_path)
     assert res.seconds < 30 and res.steps >= 1
     seg = TrainedSegmenter.load(tmp_path)
+    chosen = json.loads((tmp_path / "model_card.json").read_text())["config"]["segmentation"]
+    assert len(chosen["extra"]["inference_selection"]["candidates"]) == 6  # 3 flip sets x 2 post-processings
+    assert tuple(chosen["tta_flips"]) == seg.info.tta_flips and chosen["postprocess"] == seg.info.postprocess
     pred = seg.predict(data[2].image)
     assert pred.array.shape == (1, 40, 52)  # back at the source size
 
@@ -113,3 +117,62 @@ def test_frozen_encoder_light_decoder(tmp_path, encoder: str) -> None:
     assert torch.equal(saved["head.2.weight"], net.state_dict()["head.2.weight"])
     pred = seg.predict(data[2].image)
     assert pred.array.shape == (1, 40, 48)
+
+
+def test_postprocess_keeps_the_largest_component_and_fills_holes() -> None:
+    from medfm.tasks.segmentation.model import postprocess_labels
+
+    idx = np.zeros((30, 30), np.int64)
+    idx[2:14, 2:14] = 1
+    idx[6:8, 6:8] = 0  # a hole
+    idx[20:23, 20:23] = 1  # a smaller stray blob
+    idx[25:28, 2:5] = 2
+    out = postprocess_labels(idx, "largest_cc_fill", 2)
+    assert out[6, 6] == 1 and out[21, 21] == 0 and (out == 1).sum() == 144 and (out == 2).sum() == 9
+    assert postprocess_labels(idx, "none", 2) is idx
+    with pytest.raises(ConfigError, match="postprocess"):
+        postprocess_labels(idx, "erode", 2)
+
+
+def test_flip_tta_averages_flipped_predictions() -> None:
+    import torch
+
+    from medfm.tasks.segmentation.model import NetSpec, SegModelInfo
+
+    torch.manual_seed(0)
+    spec = NetSpec(arch="unet2d", in_channels=1, num_classes=2, patch_size=(16, 16), channels=(4, 8))
+    info = SegModelInfo(net=spec, labels=(1,))
+    x = np.random.default_rng(0).normal(size=(1, 16, 16)).astype(np.float32)
+    seg = TrainedSegmenter(torch.nn.Conv2d(1, 2, 1), info, precision="fp32")  # pointwise: flip-equivariant
+    plain = seg.probabilities(x)
+    info.tta_flips = (0, 1)
+    assert np.allclose(seg.probabilities(x), plain, atol=1e-5)
+    conv = torch.nn.Conv2d(1, 2, 3, padding=1)  # not flip-equivariant: TTA = mean of flipped runs
+    seg = TrainedSegmenter(conv, info, precision="fp32")
+    with torch.no_grad():
+        t = torch.as_tensor((x - x.mean()) / x.std())[None]
+        runs = [torch.softmax(conv(t), 1), torch.softmax(conv(t.flip(2)), 1).flip(2), torch.softmax(conv(t.flip(3)), 1).flip(3)]
+    assert np.allclose(seg.probabilities(x), (sum(runs) / 3)[0].numpy(), atol=1e-4)
+
+
+def test_select_inference_needs_a_val_gain() -> None:
+    from medfm.tasks.segmentation.model import NetSpec, SegModelInfo
+    from medfm.tasks.segmentation.train import select_inference
+
+    spec = NetSpec(arch="unet2d", in_channels=1, num_classes=2, patch_size=(16, 16))
+
+    class Stub:  # predicts the reference plus a stray blob, whatever the flips
+        info = SegModelInfo(net=spec, labels=(1,))
+
+        def probabilities(self, array: np.ndarray) -> np.ndarray:
+            fg = np.asarray(array[0] > 0.5, np.float32)
+            fg[0:3, 0:3] = 1.0
+            return np.stack([1 - fg, fg])
+
+    lab = np.zeros((1, 20, 20), np.uint8)
+    lab[0, 8:16, 8:16] = 1
+    val = [Sample("v", image=Image(lab.astype(np.float32), (1.0, 1.0)), mask=Image(lab, (1.0, 1.0)))]
+    choice = select_inference(Stub(), val, flip_axes=(1,))
+    assert choice["postprocess"] == "largest_cc_fill" and choice["tta_flips"] == []  # flips gain nothing here
+    assert choice["val_dice"] == pytest.approx(1.0) and len(choice["candidates"]) == 4
+    assert Stub.info.tta_flips == () and Stub.info.postprocess == "none"  # the model is left as it was

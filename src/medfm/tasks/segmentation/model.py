@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import torch
 
 ARCHS = ("unet2d", "unet3d", "swinunetr", "frozen_encoder")
+POSTPROCESS = ("none", "largest_cc_fill")
 CARD_FILE = "model_card.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -136,6 +137,8 @@ class SegModelInfo:
     label_names: tuple[str, ...] = ()
     input_size: tuple[int, ...] = ()  # resize images to this before the network (2D); () = native
     overlap: float = 0.5
+    tta_flips: tuple[int, ...] = ()  # spatial axes: also predict on each flipped image and average
+    postprocess: str = "none"  # "none" or "largest_cc_fill" (per label: largest component, holes filled)
     dataset: str = ""
     val_dice: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -197,6 +200,9 @@ def read_info(folder: Path) -> SegModelInfo:
     info.net.patch_size = tuple(int(s) for s in info.net.patch_size)
     info.labels = tuple(int(v) for v in info.labels)
     info.input_size = tuple(int(v) for v in info.input_size)
+    info.tta_flips = tuple(int(v) for v in info.tta_flips)
+    if info.postprocess not in POSTPROCESS:
+        raise InputError(f"{path}: unknown postprocess '{info.postprocess}'; expected one of {', '.join(POSTPROCESS)}")
     return info
 
 
@@ -248,10 +254,18 @@ class TrainedSegmenter:
         dtype = autocast_dtype(self.device, self.precision)
         dev_type = "cuda" if self.device.startswith("cuda") else "cpu"
         with torch.inference_mode(), torch.autocast(dev_type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = sliding_window_inference(
-                t, roi_size=info.net.patch_size, sw_batch_size=4, predictor=self.net, overlap=info.overlap, mode="gaussian"
-            )
-        prob = torch.softmax(logits.float(), dim=1)
+            prob = None
+            for axes in ((), *((a,) for a in info.tta_flips)):
+                dims = [2 + a for a in axes]
+                x_in = torch.flip(t, dims) if dims else t
+                logits = sliding_window_inference(
+                    x_in, roi_size=info.net.patch_size, sw_batch_size=4, predictor=self.net, overlap=info.overlap,
+                    mode="gaussian",
+                )
+                p = torch.softmax(logits.float(), dim=1)
+                p = torch.flip(p, dims) if dims else p
+                prob = p if prob is None else prob + p
+            prob = prob / (1 + len(info.tta_flips))
         if info.input_size:
             import torch.nn.functional as F
 
@@ -260,7 +274,8 @@ class TrainedSegmenter:
 
     def predict_array(self, array: np.ndarray) -> np.ndarray:
         """(C, *spatial) -> label map (*spatial) with the original label values (uint8/uint16)."""
-        idx = self.probabilities(array).argmax(axis=0)
+        idx = postprocess_labels(self.probabilities(array).argmax(axis=0), self.info.postprocess,
+                                 len(self.info.labels))
         lut = np.array((0, *self.info.labels))
         out = lut[idx]
         return out.astype(np.uint8 if lut.max() < 256 else np.uint16)
@@ -269,6 +284,28 @@ class TrainedSegmenter:
         """Label-map Image (1, *spatial) on the input's geometry."""
         labels = self.predict_array(image.array)
         return image.with_array(labels[None], modality="SEG", meta={**image.meta, "labels": list(self.info.labels)})
+
+
+def postprocess_labels(idx: np.ndarray, method: str, num_labels: int) -> np.ndarray:
+    """Index map (*spatial) -> the same after ``method``: "largest_cc_fill" keeps, per label, the
+    largest connected component and fills its holes (scipy.ndimage; one object per label, such as
+    a fetal head); "none" returns it unchanged."""
+    if method == "none" or num_labels == 0:
+        return idx
+    if method not in POSTPROCESS:
+        raise ConfigError(f"unknown postprocess '{method}'; choose one of {', '.join(POSTPROCESS)}")
+    from scipy import ndimage
+
+    src = np.asarray(idx)
+    out = np.zeros_like(src)
+    for k in range(1, num_labels + 1):
+        comp, n = ndimage.label(src == k)
+        if n == 0:
+            continue
+        sizes = np.bincount(comp.ravel())[1:]
+        keep = ndimage.binary_fill_holes(comp == int(np.argmax(sizes)) + 1)
+        out[keep & (out == 0)] = k
+    return out
 
 
 def match_channels(array: np.ndarray, channels: int) -> np.ndarray:

@@ -63,6 +63,9 @@ class SegTrainConfig:
     pos: float = 2.0
     neg: float = 1.0
     flip_axes: tuple[int, ...] = ()
+    rotate_deg: float = 0.0  # random rotation up to +-this (degrees; 3D: about each axis), p = 0.5
+    scale_aug: float = 0.0  # random isotropic-per-axis zoom by up to +-this fraction, p = 0.5
+    select_inference: bool = True  # choose flip TTA / post-processing on val after training
     lr: float = 2e-3
     weight_decay: float = 1e-5
     epochs: int = 1000
@@ -169,6 +172,7 @@ def _forward_prepared(segmenter: TrainedSegmenter, x: np.ndarray) -> np.ndarray:
 def _transforms(cfg: SegTrainConfig, patch: tuple[int, ...]):
     from monai.transforms import (
         Compose,
+        RandAffined,
         RandCropByPosNegLabeld,
         RandFlipd,
         RandScaleIntensityd,
@@ -176,7 +180,15 @@ def _transforms(cfg: SegTrainConfig, patch: tuple[int, ...]):
         SpatialPadd,
     )
 
-    ts = [
+    ts = []
+    if cfg.rotate_deg or cfg.scale_aug:
+        nd = len(patch)
+        rot = math.radians(cfg.rotate_deg)
+        ts.append(RandAffined(
+            keys=["image", "label"], prob=0.5, rotate_range=(rot,) if nd == 2 else (rot,) * 3,
+            scale_range=(cfg.scale_aug,) * nd, mode=("bilinear", "nearest"), padding_mode="zeros",
+        ))
+    ts += [
         SpatialPadd(keys=["image", "label"], spatial_size=patch),
         RandCropByPosNegLabeld(
             keys=["image", "label"],
@@ -340,9 +352,45 @@ def train_segmentation(
     info.extra = {"best_epoch": best_epoch, "epochs": epoch, "steps": step, "minutes": seconds / 60,
                   "cpu_minutes": cpu_used() / 60,
                   "config": _cfg_dict(cfg)}
+    if cfg.select_inference and val:
+        load_weights(net, out / WEIGHTS_FILE)
+        choice = select_inference(segmenter, val, cfg.flip_axes)
+        info.tta_flips, info.postprocess = tuple(choice["tta_flips"]), choice["postprocess"]
+        info.extra["inference_selection"] = choice
+        _log(f"train-seg: inference settings chosen on val: flips {info.tta_flips}, postprocess {info.postprocess} "
+             f"(val Dice {choice['val_dice']:.4f})")
     write_card(out, info, name=f"{cfg.dataset or 'folder'}-{cfg.arch}", weights_hash=file_hash(out / WEIGHTS_FILE))
     (out / "history.json").write_text(json.dumps(history, indent=2))
     return SegTrainResult(out, info.val_dice, best_epoch, epoch, step, seconds, history, cpu_used())
+
+
+def select_inference(segmenter: TrainedSegmenter, val: Sequence[Sample], flip_axes: Sequence[int] = (),
+                     min_gain: float = 1e-4) -> dict[str, Any]:
+    """Choose flip test-time augmentation (only over axes flipped in training) and post-processing
+    by mean Dice on the val samples at their native size; a richer option must beat a simpler one
+    by ``min_gain``. Returns {"tta_flips", "postprocess", "val_dice", "candidates"}."""
+    from medfm.tasks.segmentation.model import POSTPROCESS, postprocess_labels
+
+    info = segmenter.info
+    k = info.net.num_classes
+    saved = (info.tta_flips, info.postprocess)
+    flips = [()] + [tuple(flip_axes[: i + 1]) for i in range(len(flip_axes))]
+    gts = [labels_to_index(s.mask.array, info.labels, where=f"mask of {s.id}") for s in val]
+    cands = []
+    try:
+        for tta in flips:
+            info.tta_flips = tta
+            idx = [segmenter.probabilities(s.image.array).argmax(axis=0) for s in val]
+            for post in POSTPROCESS:
+                d = [mean_dice(postprocess_labels(i, post, k - 1), g, k) for i, g in zip(idx, gts)]
+                cands.append({"tta_flips": list(tta), "postprocess": post, "val_dice": float(np.mean(d))})
+    finally:
+        info.tta_flips, info.postprocess = saved
+    best = cands[0]  # candidates run from simplest to richest
+    for c in cands[1:]:
+        if c["val_dice"] > best["val_dice"] + min_gain:
+            best = c
+    return {**best, "candidates": cands}
 
 
 def _cfg_dict(cfg: SegTrainConfig) -> dict[str, Any]:
