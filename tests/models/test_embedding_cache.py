@@ -117,3 +117,23 @@ def test_interrupted_run_resumes_where_it_stopped(model, images, tmp_path: Path,
     assert cache.last.chunks_hit == 2 and cache.last.chunks_computed == 3
     np.testing.assert_allclose(out, real(model, images, progress=False), rtol=1e-5, atol=1e-6)
     assert not list(Path(cache.last.path).glob("*.part"))  # no temp files left behind
+
+
+def test_stacked_volumes_embed_with_a_3d_model_and_are_refused_by_a_2d_one(model, tmp_path) -> None:
+    """A (N, C, D, H, W) array is a batch for a 3D encoder (saved and reloaded), an error for a 2D one."""
+    from medfm.errors import InputError
+    from medfm.models.native import build_native_encoder, native_card, save_native_model
+
+    torch.manual_seed(0)
+    net = build_native_encoder("resnet18", 1, 3, 16)
+    card = native_card("native/tiny3d", "resnet18", 1, 3, 16, embed_dim=512)
+    folder = save_native_model(net, card, tmp_path / "enc3d")
+    enc = create_model(str(folder), device="cpu", precision="fp32")
+    assert enc.card.input_ndim == 3
+    vols = np.random.default_rng(1).integers(0, 256, (5, 1, 16, 16, 16), dtype=np.uint8)
+    stacked = embed_arrays(enc, vols, batch_size=2, progress=False)
+    listed = embed_arrays(enc, list(vols), batch_size=5, progress=False)
+    assert stacked.shape == (5, 512)
+    np.testing.assert_allclose(stacked, listed, rtol=1e-4, atol=1e-5)
+    with pytest.raises(InputError, match="a 2D model takes 2D slices"):
+        embed_arrays(model, vols, progress=False)

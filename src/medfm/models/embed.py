@@ -34,18 +34,20 @@ ImagesLike = np.ndarray | Sequence[np.ndarray]
 CACHE_FORMAT = 1
 
 
-def _n_images(images: ImagesLike) -> int:
+def _n_images(images: ImagesLike, ndim: int = 2) -> int:
+    """Number of images; a stacked array must be (N, [C,] H, W), or (N, [C,] D, H, W) for a 3D model."""
     if isinstance(images, np.ndarray):
-        if images.ndim not in (3, 4):
-            hint = " (a batch of 3D volumes? a 2D model takes 2D slices)" if images.ndim == 5 else ""
-            raise InputError(f"images: expected (N, H, W) or (N, C, H, W), got shape {images.shape}{hint}")
+        if images.ndim not in (ndim + 1, ndim + 2):
+            axes = "H, W" if ndim == 2 else "D, H, W"
+            hint = " (a batch of 3D volumes? a 2D model takes 2D slices)" if ndim == 2 and images.ndim == 5 else ""
+            raise InputError(f"images: expected (N, {axes}) or (N, C, {axes}), got shape {images.shape}{hint}")
         return int(images.shape[0])
     return len(images)
 
 
 def _batches(adapter: ModelAdapter, images: ImagesLike, batch_size: int, pin: bool) -> Iterator[torch.Tensor]:
     """Preprocessed batches, produced one ahead in a background thread (errors re-raised here)."""
-    n = _n_images(images)
+    n = _n_images(images, adapter.card.input_ndim)
     q: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
 
@@ -99,7 +101,7 @@ def embed_arrays(
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if precision not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"precision must be auto, bf16 or fp32, got {precision!r}")
-    n = _n_images(images)
+    n = _n_images(images, adapter.card.input_ndim)
     old = adapter.precision
     if precision != "auto":
         adapter.precision = precision
@@ -234,7 +236,7 @@ def embed_cached(
     if not data_key:
         raise ConfigError("embed_cached needs a data_key (a checksum of the images)")
     cache = cache or EmbeddingCache()
-    n = _n_images(images)
+    n = _n_images(images, adapter.card.input_ndim)
     key, fields = cache.key(adapter, data_key, n, kw.get("precision", "auto"))
     d = cache.open_entry(key, fields, chunk_size)
     stats = CacheStats(key=key, path=str(d))
