@@ -206,3 +206,16 @@ def test_unknown_dataset_and_model_names_suggest(capsys: pytest.CaptureFixture[s
     assert "Did you mean 'gbsg2'" in capsys.readouterr().err
     assert main(["prognosis", "--dataset", "gbsg2", "--model", "coxhp"]) == 2
     assert "Did you mean 'coxph'" in capsys.readouterr().err
+
+
+def test_splines_option_reaches_the_pipeline_and_is_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "spl"
+    args = ["prognosis", "--dataset", "veterans", "--model", "coxnet", "--cv", "3", "--n-boot", "0"]
+    assert main([*args, "--splines", "4", "--out", str(out)]) == 0
+    spec, (r,) = read_results(out / "results.json")
+    assert spec["config"]["fusion"]["splines"] == 4 and 0.6 < r.metrics["c_harrell"].value < 0.8
+    capsys.readouterr()
+    assert main([*args, "--splines", "2"]) == 2
+    assert "splines must be 0 (off) or 3..10 knots" in capsys.readouterr().err

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-MODELS_HELP = "Comma-separated models: coxph, coxnet, rsf, gbsa, deepsurv, ensemble."
+MODELS_HELP = "Comma-separated models: coxph, coxnet, rsf, gbsa, cgb, deepsurv, ensemble."
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq")
 
 
@@ -96,13 +96,18 @@ def prognosis_command(
     tune: bool = typer.Option(
         False, "--tune", help="Choose hyper-parameters by inner CV on each training fold (nested CV)."
     ),
-    inner_cv: int = typer.Option(3, "--inner-cv", help="Inner folds for --tune."),
+    inner_cv: int = typer.Option(5, "--inner-cv", help="Inner folds (event-stratified) for --tune."),
     fusion: str = typer.Option("early", "--fusion", help="early | late-rank | late-stack (late: one model per block)."),
     pca: int | None = typer.Option(None, "--pca", help="PCA components for blocks wider than 50 columns."),
     log_skewed: bool = typer.Option(
         False,
         "--log-skewed",
         help="log1p of skewed non-negative covariates (chosen on training rows; --tune chooses it).",
+    ),
+    splines: int = typer.Option(
+        0,
+        "--splines",
+        help="Cubic B-spline knots for continuous covariates (0: off; --tune chooses it for Cox-type models).",
     ),
     embeddings: Path | None = typer.Option(
         None, "--embeddings", help="Image embeddings (.npy rows aligned, or .npz with embeddings+ids)."
@@ -143,7 +148,9 @@ def prognosis_command(
         tune=tune,
         inner_cv=inner_cv,
         test_size=test_size,
-        fusion=FusionConfig(mode=mode, combine=combine or "rank", pca_components=pca, log_skewed=log_skewed),
+        fusion=FusionConfig(
+            mode=mode, combine=combine or "rank", pca_components=pca, log_skewed=log_skewed, splines=splines
+        ),
     )
     if out is not None:
         out = prepare_out_dir(out, force=force)

@@ -13,6 +13,7 @@ from medfm.results import Record
 from medfm.tasks.survival import cv as cv_mod
 from medfm.tasks.survival.cv import PrognosisConfig, event_stratified_splits, run_prognosis, tune_params
 from medfm.tasks.survival.fusion import FusionConfig, SurvivalPipeline
+from medfm.tasks.survival.models import MODELS
 
 
 def test_splits_are_event_stratified_and_partition_the_rows() -> None:
@@ -65,14 +66,75 @@ def test_nested_tuning_never_sees_the_outer_test_rows(monkeypatch: pytest.Monkey
     for ids, (_, te) in zip(seen, splits, strict=True):
         assert not ids & set(table.ids[te])
     assert r.model == "coxph+tuned"
-    grid = [{"alpha": a, "log_skewed": lg} for lg in (False, True) for a in (0.0, 1.0, 10.0)]
+    grid = list(MODELS.get("coxph").grid)
     assert all(p in grid for p in r.provenance["chosen_params"])
+    assert len(r.extra["inner_c"]) == 3 and all(0.5 < c < 1 for c in r.extra["inner_c"])
 
 
 def test_tune_params_scores_every_grid_point() -> None:
     table = load_survival_dataset("veterans")
     best, scored = tune_params(table, "coxph", PrognosisConfig(models=("coxph",), inner_cv=3))
-    assert len(scored) == 6 and best == max(scored, key=lambda s: s[1])[0]
+    assert len(scored) == len(MODELS.get("coxph").grid) == 12 and best == max(scored, key=lambda s: s[1])[0]
+
+
+class _SmallGrids:
+    """MODELS with tiny grids (fast tests); everything else as registered."""
+
+    GRIDS = {
+        "coxnet": ({"alpha": 0.1, "splines": 4}, {"alpha": 0.03, "log_skewed": True}),
+        "rsf": ({"n_estimators": 20, "min_samples_leaf": 10}, {"n_estimators": 20, "min_samples_leaf": 20}),
+    }
+
+    def get(self, name: str):
+        from dataclasses import replace
+
+        entry = MODELS.get(name)
+        return replace(entry, grid=self.GRIDS[name]) if name in self.GRIDS else entry
+
+
+def test_tuned_ensemble_selection_fits_and_scores_only_outer_training_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every fit and every inner-CV prediction made while tuning (members and subset) uses rows of
+    the outer training fold only; the outer test rows are touched only by the final prediction."""
+    base = load_survival_dataset("veterans")
+    X = base.X.assign(uid=np.arange(len(base), dtype=float))  # a traceable row id (a harmless covariate)
+    schema = SurvivalSchema(base.schema.time, base.schema.event, (*base.schema.covariates, Covariate("uid")))
+    table = SurvivalTable(X, base.time, base.event, schema, "veterans")
+    monkeypatch.setattr(cv_mod, "MODELS", _SmallGrids())
+    monkeypatch.setattr(cv_mod, "ENSEMBLE_CANDIDATES", ("coxnet", "rsf"))
+    phase: dict[str, object] = {"tuning": False}
+    touched: list[tuple[bool, set[float]]] = []
+    real_tune, Real = cv_mod.tune_params, cv_mod.SurvivalPipeline
+
+    def tune_spy(train, model, cfg, cache=None):
+        phase["tuning"] = True
+        try:
+            return real_tune(train, model, cfg, cache)
+        finally:
+            phase["tuning"] = False
+
+    class Spy(Real):
+        def fit(self, X_raw, y):
+            touched.append((bool(phase["tuning"]), set(X_raw["uid"])))
+            return super().fit(X_raw, y)
+
+        def predict_risk(self, X_raw):
+            touched.append((bool(phase["tuning"]), set(X_raw["uid"])))
+            return super().predict_risk(X_raw)
+
+    monkeypatch.setattr(cv_mod, "tune_params", tune_spy)
+    monkeypatch.setattr(cv_mod, "SurvivalPipeline", Spy)
+    cfg = PrognosisConfig(models=("ensemble",), cv=3, inner_cv=3, n_boot=0, tune=True)
+    (r,) = run_prognosis(table, cfg, progress=False)
+    splits = event_stratified_splits(table.event, 3, 0)
+    tuning = [uids for t, uids in touched if t]
+    assert len(tuning) == 3 * (2 + 2) * 3 * 2  # outer folds x grid points x inner folds x (fit, predict)
+    for k, (tr, te) in enumerate(splits):  # the calls of outer fold k come in order
+        for uids in tuning[k * 24 : (k + 1) * 24]:
+            assert uids <= set(tr.astype(float)) and not uids & set(te.astype(float))
+    for params in r.provenance["chosen_params"]:
+        assert params["members"] == ["coxnet", "rsf"]
+        assert params["coxnet"] in _SmallGrids.GRIDS["coxnet"] and params["rsf"] in _SmallGrids.GRIDS["rsf"]
+    assert r.metrics["c_harrell"].value > 0.6 and len(r.extra["inner_c"]) == 3
 
 
 # --- scikit-survival user guide, GBSG2 -------------------------------------------------------

@@ -59,6 +59,61 @@ def test_log_skewed_transforms_only_skewed_nonnegative_columns_chosen_on_trainin
     assert pipe.fusion.log_skewed and pipe.params == {"alpha": 0.1}
 
 
+def test_splines_expand_continuous_columns_with_knots_from_training_rows() -> None:
+    rng = np.random.default_rng(0)
+    X = np.column_stack([rng.normal(size=200), rng.integers(0, 2, 200), rng.integers(0, 4, 200)])
+    bt = BlockTransformer(["ehr"] * 3, FusionConfig(splines=4, standardize=False)).fit(X)
+    # continuous column -> 4 knots + degree 3 - 1 B-splines, less the intercept = 5 columns; others pass through
+    assert bt.out_blocks == ["ehr"] * 7
+    Z = bt.transform(X)
+    np.testing.assert_array_equal(Z[:, 5:], X[:, 1:])
+    spl = bt._steps[0][3]
+    knots = spl._cols[0][1].bsplines_[0].t
+    assert knots[3] == pytest.approx(X[:, 0].min()) and knots[-4] == pytest.approx(X[:, 0].max())
+    # beyond the training range the basis continues linearly (finite, no blow-up of a cubic)
+    far = bt.transform(np.array([[10.0, 0, 0], [20.0, 0, 0], [30.0, 0, 0]]))[:, :5]
+    np.testing.assert_allclose(far[2] - far[1], far[1] - far[0], rtol=1e-8, atol=1e-10)
+    # many ties (counts like GBSG2 pnodes) still give a valid basis
+    counts = np.r_[np.ones(120), rng.integers(2, 30, 80)]
+    Zc = BlockTransformer(["ehr"], FusionConfig(splines=4)).fit(counts[:, None]).transform(counts[:, None])
+    assert Zc.shape[1] >= 3 and np.isfinite(Zc).all()
+    # wide blocks (omics) are not expanded
+    wide = BlockTransformer(["omics"] * 60, FusionConfig(splines=4, pca_min_width=50)).fit(rng.normal(size=(80, 60)))
+    assert len(wide.out_blocks) == 60
+    with pytest.raises(ConfigError, match="splines"):
+        FusionConfig(splines=2)
+
+
+def test_splines_capture_a_nonlinear_effect_in_a_cox_model() -> None:
+    rng = np.random.default_rng(1)
+    n = 400
+    x = rng.uniform(-2, 2, n)
+    t_ev = rng.exponential(np.exp(-1.5 * x**2))  # U-shaped hazard: invisible to a linear Cox model
+    t_c = rng.exponential(2.0, n)
+    table = SurvivalTable(
+        pd.DataFrame({"x": x}), np.minimum(t_ev, t_c), t_ev <= t_c, SurvivalSchema("t", "e", (Covariate("x"),)), "u"
+    )
+    linear = _cv_c(table, "coxph", FusionConfig())
+    spline = _cv_c(table, "coxph", FusionConfig(), {"splines": 4, "alpha": 0.1})
+    assert linear < 0.6 < spline
+
+
+def test_ensemble_pipeline_keeps_each_members_preprocessing() -> None:
+    table = load_survival_dataset("veterans")
+    params = {
+        "members": ["coxnet", "rsf"],
+        "coxnet": {"alpha": 0.05, "splines": 4, "log_skewed": True},
+        "rsf": {"n_estimators": 20, "min_samples_leaf": 10},
+    }
+    pipe = SurvivalPipeline(table.schema, "ensemble", params).fit(table.X, table.y)
+    cox, rsf = pipe.members
+    assert (cox.fusion.splines, cox.fusion.log_skewed, rsf.fusion.splines, rsf.fusion.log_skewed) == (4, True, 0, False)
+    assert cox.params == {"alpha": 0.05} and len(cox.transformer.out_blocks) > len(rsf.transformer.out_blocks)
+    risk = pipe.predict_risk(table.X)
+    assert risk.shape == (137,) and 0.0 <= risk.min() and risk.max() <= 1.0
+    assert pipe.predict_survival(table.X, np.array([10.0, 100.0])).shape == (137, 2)
+
+
 def test_image_embeddings_add_signal_early_and_late_fusion() -> None:
     table = _table_with_images()
     tab_only = SurvivalTable(

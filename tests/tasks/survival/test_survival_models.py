@@ -8,7 +8,16 @@ import torch
 
 from medfm.errors import ConfigError
 from medfm.metrics.survival import harrell_c
-from medfm.tasks.survival.models import cox_partial_nll, create_model, list_models, rank_average, step_at
+from medfm.tasks.survival.models import (
+    MODELS,
+    cox_partial_nll,
+    create_model,
+    ensemble_members,
+    list_models,
+    rank_average,
+    split_preprocess,
+    step_at,
+)
 
 
 def _synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -33,6 +42,7 @@ SMALL = {  # keep the unit tests fast
     "coxnet": {"l1_ratio": 0.5, "alpha": 0.01},
     "rsf": {"n_estimators": 30, "min_samples_leaf": 10},
     "gbsa": {"n_estimators": 50, "max_depth": 1},
+    "cgb": {"n_estimators": 100},
     "deepsurv": {"hidden": (8,), "lr": 0.01, "epochs": 200},
     "ensemble": {"rsf": {"n_estimators": 30, "min_samples_leaf": 10}, "gbsa": {"n_estimators": 50, "max_depth": 1}},
 }
@@ -55,7 +65,7 @@ def test_model_learns_signal_and_gives_valid_survival(name: str, data) -> None:
 
 
 def test_model_names_and_parameter_checks() -> None:
-    assert list_models() == ["coxnet", "coxph", "deepsurv", "ensemble", "gbsa", "rsf"]
+    assert list_models() == ["cgb", "coxnet", "coxph", "deepsurv", "ensemble", "gbsa", "rsf"]
     with pytest.raises(ConfigError, match="Did you mean 'rsf'"):
         create_model("rfs")
     with pytest.raises(ConfigError, match="n_trees"):
@@ -110,3 +120,24 @@ def test_ensemble_members_are_configurable(data) -> None:
         create_model("ensemble", {"members": ["coxph"]})
     with pytest.raises(ConfigError, match="members"):
         create_model("ensemble", {"members": ["rsf"], "gbsa": {}})
+
+
+def test_preprocessing_keys_are_split_from_model_parameters() -> None:
+    assert split_preprocess({"alpha": 1.0, "splines": 4, "log_skewed": True}) == (
+        {"splines": 4, "log_skewed": True},
+        {"alpha": 1.0},
+    )
+    members, per = ensemble_members({"members": ["coxnet", "rsf"], "coxnet": {"splines": 4}, "log_skewed": True})
+    assert members == ("coxnet", "rsf") and per == {"coxnet": {"splines": 4}, "rsf": {}}
+    # every grid point builds: preprocessing keys go to the pipeline, the rest to the estimator
+    for name in ("coxph", "coxnet", "rsf", "gbsa", "cgb", "deepsurv"):
+        grid = MODELS.get(name).grid
+        assert len(grid) >= 3
+        for params in grid:
+            create_model(name, split_preprocess(params)[1])
+    assert {(p["log_skewed"], p["splines"]) for p in MODELS.get("coxnet").grid} == {
+        (False, 0),
+        (False, 4),
+        (True, 0),
+        (True, 4),
+    }

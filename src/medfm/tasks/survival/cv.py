@@ -2,7 +2,8 @@
 hyper-parameter choice by inner CV on each outer training fold (nested CV), metrics with bootstrap
 CIs, and Kaplan-Meier curves of the predicted low/high-risk groups -> one Record per model.
 
-Hyper-parameters are chosen on inner folds of the outer *training* rows by mean Harrell's C;
+Hyper-parameters are chosen on inner folds of the outer *training* rows by mean Harrell's C
+(inner folds event-stratified with the same fixed seed);
 the outer test rows are used only for the reported metrics. The low/high split of test rows uses
 the median predicted risk of the *training* rows of the same fold.
 """
@@ -33,15 +34,16 @@ KM_POINTS = 200  # Kaplan-Meier curves stored in Record.extra are sampled at thi
 @dataclass
 class PrognosisConfig:
     """``models`` CLI names; ``cv`` outer folds (0: one stratified test split of ``test_size``);
-    ``tune``: choose each model's hyper-parameters from its small grid by ``inner_cv``-fold CV on
-    the outer training rows; ``params`` fixed parameters per model (used when not tuning)."""
+    ``tune``: choose each model's hyper-parameters (and preprocessing) from its grid
+    (``MODELS[name].grid``) by ``inner_cv``-fold event-stratified CV on the outer training rows;
+    ``params`` fixed parameters per model (used when not tuning)."""
 
     models: tuple[str, ...] = ("coxph", "coxnet", "rsf", "gbsa", "deepsurv")
     cv: int = 5
     seed: int = 0
     n_boot: int = 1000
     tune: bool = False
-    inner_cv: int = 3
+    inner_cv: int = 5
     test_size: float = 0.25
     fusion: FusionConfig = field(default_factory=FusionConfig)
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -81,80 +83,82 @@ def event_stratified_splits(
     return list(StratifiedKFold(cv, shuffle=True, random_state=seed).split(idx, event))
 
 
-def _inner_score(table: SurvivalTable, model: str, params: dict[str, Any], cfg: PrognosisConfig) -> float:
-    scores = []
+def _inner_score(
+    table: SurvivalTable, model: str, params: dict[str, Any], cfg: PrognosisConfig
+) -> tuple[float, list[np.ndarray]]:
+    """Mean Harrell's C over the inner folds of ``table`` (training rows) and the inner-fold risks."""
+    scores, risks = [], []
     for tr, te in event_stratified_splits(table.event, cfg.inner_cv, cfg.seed):
         pipe = SurvivalPipeline(table.schema, model, params, cfg.seed, cfg.fusion).fit(table.X.iloc[tr], table.y[tr])
         risk = pipe.predict_risk(table.X.iloc[te])
         if not np.all(np.isfinite(risk)):
-            return -math.inf
+            return -math.inf, []
         scores.append(harrell_c(table.event[te], table.time[te], risk))
-    return float(np.mean(scores))
+        risks.append(risk)
+    return float(np.mean(scores)), risks
+
+
+TuneCache = dict[tuple[str, str], dict[str, Any]]
 
 
 def tune_params(
-    table: SurvivalTable, model: str, cfg: PrognosisConfig, cache: dict[tuple[str, str], dict[str, Any]] | None = None
+    table: SurvivalTable, model: str, cfg: PrognosisConfig, cache: TuneCache | None = None
 ) -> tuple[dict[str, Any], list[tuple[dict[str, Any], float]]]:
     """Best parameters of ``model`` on ``table`` (training rows only) by inner-CV Harrell's C.
 
-    The ensemble is chosen by ``_tune_ensemble`` (members and their subset). ``cache`` maps (model, table checksum) to the best
-    parameters so that a member tuned on the same training rows is not tuned twice.
-    Returns (best params, [(params, inner C), ...]).
+    The ensemble is chosen by ``_tune_ensemble``. ``cache`` maps (model, table checksum) to the best
+    parameters, their inner C and inner-fold risks, so that a member tuned on the same training rows
+    is not tuned twice. Returns (best params, [(params, inner C), ...]) (only the best when cached).
     """
     if model == "ensemble":
         return _tune_ensemble(table, cfg, cache)
     key = (model, table.checksum() + ",".join(table.ids))
     if cache is not None and key in cache:
-        return dict(cache[key]), []
+        return dict(cache[key]["params"]), [(dict(cache[key]["params"]), cache[key]["score"])]
     grid = MODELS.get(model).grid or ({},)
-    scored = []
+    scored, risks = [], []
     for params in grid:
         try:
-            s = _inner_score(table, model, dict(params), cfg)
-        except (InputError, ValueError, ArithmeticError):
-            s = -math.inf
+            s, r = _inner_score(table, model, dict(params), cfg)
+        except (InputError, ValueError, ArithmeticError, np.linalg.LinAlgError):
+            s, r = -math.inf, []
         scored.append((dict(params), s))
-    best = max(scored, key=lambda ps: ps[1])[0]
+        risks.append(r)
+    j = max(range(len(scored)), key=lambda i: scored[i][1])
+    best = scored[j][0]
     if cache is not None:
-        cache[key] = dict(best)
+        cache[key] = {"params": dict(best), "risks": risks[j], "score": scored[j][1]}
     return best, scored
 
 
 def _tune_ensemble(
-    table: SurvivalTable, cfg: PrognosisConfig, cache: dict[tuple[str, str], dict[str, Any]] | None
+    table: SurvivalTable, cfg: PrognosisConfig, cache: TuneCache | None
 ) -> tuple[dict[str, Any], list[tuple[dict[str, Any], float]]]:
-    """Ensemble selection by inner CV: tune each candidate member, then pick the member subset
-    (>= 2 models) and the shared ``log_skewed`` choice whose rank-averaged inner-fold risks have the
-    best mean Harrell's C. Uses the training rows only."""
+    """Ensemble selection by inner CV: tune each candidate member (parameters and preprocessing),
+    then pick the member subset (>= 2 models) whose rank-averaged inner-fold risks have the best
+    mean Harrell's C. Uses the training rows only (the same inner folds as the member tuning)."""
     from itertools import combinations
 
     from medfm.tasks.survival.models import rank_average
 
-    tuned = {m: tune_params(table, m, cfg, cache)[0] for m in ENSEMBLE_CANDIDATES}
-    tuned = {m: {k: v for k, v in p.items() if k != "log_skewed"} for m, p in tuned.items()}
-    splits = event_stratified_splits(table.event, cfg.inner_cv, cfg.seed)
-    risks: dict[tuple[str, bool], list[np.ndarray]] = {}
+    cache = {} if cache is None else cache
+    ids = table.checksum() + ",".join(table.ids)
+    tuned, risks = {}, {}
     for m in ENSEMBLE_CANDIDATES:
-        for lg in (False, True):
-            if m in ("rsf", "gbsa") and lg:  # trees are invariant to the monotone log transform
-                risks[(m, True)] = risks[(m, False)]
-                continue
-            risks[(m, lg)] = []
-            for tr, te in splits:
-                params = {**tuned[m], "log_skewed": lg}
-                pipe = SurvivalPipeline(table.schema, m, params, cfg.seed, cfg.fusion)
-                pipe.fit(table.X.iloc[tr], table.y[tr])
-                risks[(m, lg)].append(pipe.predict_risk(table.X.iloc[te]))
+        tuned[m] = tune_params(table, m, cfg, cache)[0]
+        risks[m] = cache[(m, ids)]["risks"]
+    ok = [m for m in ENSEMBLE_CANDIDATES if risks[m]]  # members whose every grid point failed are left out
+    splits = event_stratified_splits(table.event, cfg.inner_cv, cfg.seed)
     scored: list[tuple[dict[str, Any], float]] = []
-    for lg in (False, True):
-        for k in range(2, len(ENSEMBLE_CANDIDATES) + 1):
-            for subset in combinations(ENSEMBLE_CANDIDATES, k):
-                cs = []
-                for j, (_, te) in enumerate(splits):
-                    r = rank_average([risks[(m, lg)][j] for m in subset])
-                    cs.append(harrell_c(table.event[te], table.time[te], r))
-                params = {"members": list(subset), **{m: tuned[m] for m in subset}, "log_skewed": lg}
-                scored.append((params, float(np.mean(cs))))
+    for k in range(2, len(ok) + 1):
+        for subset in combinations(ok, k):
+            cs = [
+                harrell_c(table.event[te], table.time[te], rank_average([risks[m][j] for m in subset]))
+                for j, (_, te) in enumerate(splits)
+            ]
+            scored.append(({"members": list(subset), **{m: dict(tuned[m]) for m in subset}}, float(np.mean(cs))))
+    if not scored:
+        raise InputError(f"ensemble: fewer than two members could be fitted ({ok})")
     return max(scored, key=lambda ps: ps[1])[0], scored
 
 
@@ -193,17 +197,22 @@ def evaluate_model(
     model: str,
     cfg: PrognosisConfig,
     data_checksum: str | None = None,
-    tune_cache: dict[tuple[str, str], dict[str, Any]] | None = None,
+    tune_cache: TuneCache | None = None,
 ) -> Record:
     """Run one model through the outer splits and return its Record (metrics with CIs)."""
     start = _time.perf_counter()
     splits = event_stratified_splits(table.event, cfg.cv, cfg.seed, cfg.test_size)
     folds: list[FoldPredictions] = []
     chosen: list[dict[str, Any]] = []
+    inner_c: list[float] = []  # best inner-CV C per outer fold (training rows only)
     ev_all, t_all, high_all = [], [], []
     for tr, te in splits:
         train = table.subset(tr)
-        params = tune_params(train, model, cfg, tune_cache)[0] if cfg.tune else dict(cfg.params.get(model, {}))
+        if cfg.tune:
+            params, scored = tune_params(train, model, cfg, tune_cache)
+            inner_c.append(max((c for _, c in scored), default=math.nan))
+        else:
+            params = dict(cfg.params.get(model, {}))
         chosen.append(params)
         pipe = SurvivalPipeline(table.schema, model, params, cfg.seed, cfg.fusion).fit(train.X, train.y)
         test_X = table.X.iloc[te]
@@ -245,6 +254,7 @@ def evaluate_model(
             "km_groups": groups,
             "fold_metrics": [fold_metrics(f) for f in folds],
             "n_events": int(table.event.sum()),
+            **({"inner_c": inner_c} if cfg.tune else {}),
         },
     )
 
@@ -262,7 +272,7 @@ def run_prognosis(
     """
     models = list(cfg.models)
     it = track(models, desc=f"prognosis {table.name}", unit="model") if progress else iter(models)
-    cache: dict[tuple[str, str], dict[str, Any]] = {}
+    cache: TuneCache = {}
     records: list[Record] = []
     for m in it:
         try:

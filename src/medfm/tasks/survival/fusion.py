@@ -17,7 +17,13 @@ import pandas as pd
 
 from medfm.data.survival import SurvivalSchema, TableEncoder
 from medfm.errors import ConfigError, InputError
-from medfm.tasks.survival.models import SurvivalModel, create_model, rank_average
+from medfm.tasks.survival.models import (
+    SurvivalModel,
+    create_model,
+    ensemble_members,
+    rank_average,
+    split_preprocess,
+)
 
 FUSION_MODES = ("early", "late")
 COMBINERS = ("rank", "stack")
@@ -29,12 +35,16 @@ class FusionConfig:
     PCA to ``pca_components`` for blocks wider than ``pca_min_width`` (None: no PCA);
     ``stack_folds`` inner folds giving out-of-fold block risks for the stacked Cox;
     ``log_skewed``: log1p of non-negative, non-binary columns whose training-row skewness is > 1
-    (monotone, so tree models are unaffected; it helps the linear and neural Cox models)."""
+    (monotone, so tree models are unaffected; it helps the linear and neural Cox models);
+    ``splines``: number of knots (0: off) of a cubic B-spline basis (knots at training-row quantiles,
+    linear beyond the outer knots) replacing each continuous column (>= 10 distinct values) of
+    blocks no wider than ``pca_min_width``: non-linear covariate effects for Cox-type models."""
 
     mode: str = "early"
     combine: str = "rank"
     standardize: bool = True
     log_skewed: bool = False
+    splines: int = 0
     pca_components: int | None = None
     pca_min_width: int = 50
     stack_folds: int = 3
@@ -44,6 +54,8 @@ class FusionConfig:
             raise ConfigError(f"fusion mode must be one of {FUSION_MODES}, got {self.mode!r}")
         if self.combine not in COMBINERS:
             raise ConfigError(f"late-fusion combine must be one of {COMBINERS}, got {self.combine!r}")
+        if self.splines != 0 and not 3 <= self.splines <= 10:
+            raise ConfigError(f"splines must be 0 (off) or 3..10 knots, got {self.splines}")
         if self.pca_components is not None and self.pca_components < 1:
             raise ConfigError(f"pca_components must be >= 1, got {self.pca_components}")
 
@@ -54,13 +66,14 @@ class FusionConfig:
 
 class BlockTransformer:
     """Per block: drop columns constant in the training rows, log1p skewed ones (optional),
-    standardise, PCA when wide. Every choice is made on the rows given to ``fit``."""
+    spline-expand continuous ones in narrow blocks (optional), standardise, PCA when wide.
+    Every choice is made on the rows given to ``fit``."""
 
     def __init__(self, blocks: list[str], config: FusionConfig, seed: int = 0) -> None:
         self.blocks = list(blocks)
         self.config = config
         self.seed = seed
-        self._steps: list[tuple[str, np.ndarray, np.ndarray, Any, Any]] = []
+        self._steps: list[tuple[str, np.ndarray, np.ndarray, Any, Any, Any]] = []
         self.out_blocks: list[str] = []
 
     def fit(self, X: np.ndarray) -> BlockTransformer:
@@ -83,30 +96,71 @@ class BlockTransformer:
                 many = np.array([len(np.unique(Xb[:, j])) > 2 for j in range(Xb.shape[1])])
                 logm = nonneg & many & (skew(Xb, axis=0) > 1.0)
                 Xb = np.where(logm, np.log1p(np.maximum(Xb, 0)), Xb)
+            spl = None
+            if self.config.splines and len(cols) <= self.config.pca_min_width:
+                spl = _SplineExpander(self.config.splines).fit(Xb)
+                Xb = spl.transform(Xb)
             scaler = StandardScaler().fit(Xb) if self.config.standardize else None
             Xb = scaler.transform(Xb) if scaler is not None else Xb
             pca = None
             k = self.config.pca_components
             if k is not None and len(cols) > self.config.pca_min_width:
                 pca = PCA(n_components=min(k, len(cols), len(Xb) - 1), random_state=self.seed).fit(Xb)
-            self._steps.append((b, cols, logm, scaler, pca))
-            self.out_blocks += [b] * (pca.n_components_ if pca is not None else len(cols))
+            self._steps.append((b, cols, logm, spl, scaler, pca))
+            self.out_blocks += [b] * (pca.n_components_ if pca is not None else Xb.shape[1])
         if not self._steps:
             raise InputError("every covariate is constant in the training rows")
         return self
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         parts = []
-        for _, cols, logm, scaler, pca in self._steps:
+        for _, cols, logm, spl, scaler, pca in self._steps:
             Xb = X[:, cols]
             Xb = np.where(logm, np.log1p(np.maximum(Xb, 0)), Xb) if logm.any() else Xb
+            Xb = spl.transform(Xb) if spl is not None else Xb
             Xb = scaler.transform(Xb) if scaler is not None else Xb
             parts.append(pca.transform(Xb) if pca is not None else Xb)
         return np.hstack(parts)
 
 
+class _SplineExpander:
+    """Replace each continuous column (>= 10 distinct training values) by a cubic B-spline basis
+    (sklearn ``SplineTransformer``: ``n_knots`` knots at training quantiles, linear extrapolation,
+    no intercept column); other columns pass through unchanged, in their original order."""
+
+    MIN_DISTINCT = 10
+
+    def __init__(self, n_knots: int) -> None:
+        self.n_knots = n_knots
+        self._cols: list[tuple[int, Any]] = []
+
+    def fit(self, X: np.ndarray) -> _SplineExpander:
+        from sklearn.preprocessing import SplineTransformer
+
+        self._cols = []
+        for j in range(X.shape[1]):
+            st = None
+            if len(np.unique(X[:, j])) >= self.MIN_DISTINCT:
+                # quantile knots; tied quantiles (e.g. many equal counts) collapse, uniform if < 3 remain
+                knots = np.unique(np.quantile(X[:, j], np.linspace(0.0, 1.0, self.n_knots)))
+                st = SplineTransformer(
+                    degree=3,
+                    knots=knots[:, None] if len(knots) >= 3 else "uniform",
+                    n_knots=self.n_knots,
+                    extrapolation="linear",
+                    include_bias=False,
+                ).fit(X[:, j : j + 1])
+            self._cols.append((j, st))
+        return self
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        parts = [X[:, j : j + 1] if st is None else st.transform(X[:, j : j + 1]) for j, st in self._cols]
+        return np.hstack(parts)
+
+
 class SurvivalPipeline:
-    """Encoder -> per-block transformer -> model (early) or one model per block (late).
+    """Encoder -> per-block transformer -> model (early) or one model per block (late); for
+    ``ensemble``, one such pipeline per member (each with its own preprocessing), rank-averaged.
 
     ``fit(X_raw, y)`` with ``X_raw`` the table's covariate DataFrame and ``y`` the structured
     (event, time) array; ``predict_risk`` (N,), ``predict_survival`` (N, T) or None.
@@ -125,8 +179,16 @@ class SurvivalPipeline:
         self.params = dict(params or {})
         self.seed = seed
         self.fusion = fusion or FusionConfig()
-        if "log_skewed" in self.params:  # a preprocessing choice tuned alongside model parameters
-            self.fusion = replace(self.fusion, log_skewed=bool(self.params.pop("log_skewed")))
+        pre, self.params = split_preprocess(self.params)  # preprocessing choices tuned with model parameters
+        if "log_skewed" in pre:
+            self.fusion = replace(self.fusion, log_skewed=bool(pre["log_skewed"]))
+        if "splines" in pre:
+            self.fusion = replace(self.fusion, splines=int(pre["splines"]))
+        # an ensemble is one sub-pipeline per member, so each member keeps its own preprocessing
+        self.members: list[SurvivalPipeline] = []
+        if model == "ensemble":
+            names, per = ensemble_members(self.params)
+            self.members = [SurvivalPipeline(schema, m, per[m], seed, self.fusion) for m in names]
         self.encoder = TableEncoder(schema)
         self.transformer: BlockTransformer | None = None
         self.models: dict[str, SurvivalModel] = {}
@@ -148,6 +210,10 @@ class SurvivalPipeline:
         return {b: np.flatnonzero(blocks == b) for b in dict.fromkeys(self.transformer.out_blocks)}
 
     def fit(self, X_raw: pd.DataFrame, y: np.ndarray) -> SurvivalPipeline:
+        if self.members:
+            for m in self.members:
+                m.fit(X_raw, y)
+            return self
         Z = self._features(X_raw, fit=True)
         if self.fusion.mode == "early" or len(self._block_cols()) == 1:
             self.models = {"all": create_model(self.model_name, self.params, self.seed).fit(Z, y)}
@@ -180,6 +246,8 @@ class SurvivalPipeline:
         return np.column_stack([self.models[b].predict_risk(Z[:, cols[b]]) for b in self.models])
 
     def predict_risk(self, X_raw: pd.DataFrame) -> np.ndarray:
+        if self.members:
+            return rank_average([m.predict_risk(X_raw) for m in self.members])
         Z = self._features(X_raw, fit=False)
         if "all" in self.models:
             return self.models["all"].predict_risk(Z)
@@ -190,6 +258,9 @@ class SurvivalPipeline:
         return rank_average(list(R.T))
 
     def predict_survival(self, X_raw: pd.DataFrame, times: np.ndarray) -> np.ndarray | None:
+        if self.members:
+            survs = [m.predict_survival(X_raw, times) for m in self.members]
+            return None if any(s is None for s in survs) else np.mean(survs, axis=0)
         Z = self._features(X_raw, fit=False)
         if "all" in self.models:
             return self.models["all"].predict_survival(Z, times)

@@ -6,9 +6,15 @@
 
 Models (CLI names): ``coxph`` (sksurv CoxPHSurvivalAnalysis), ``coxnet`` (CoxnetSurvivalAnalysis,
 elastic net), ``rsf`` (RandomSurvivalForest), ``gbsa`` (GradientBoostingSurvivalAnalysis, Cox loss),
-``deepsurv`` (torch MLP with the Cox partial likelihood, early stopping on a validation split,
-Breslow baseline) and ``ensemble`` (rank average of member risks, by default coxnet, rsf and gbsa;
-mean of their survival functions; with ``--tune`` the member subset is chosen by inner CV).
+``cgb`` (ComponentwiseGradientBoostingSurvivalAnalysis: boosted additive Cox model, one covariate
+per step), ``deepsurv`` (torch MLP with the Cox partial likelihood, early stopping on a validation
+split, Breslow baseline) and ``ensemble`` (rank average of member risks, by default coxnet, rsf and
+gbsa; mean of their survival functions; with ``--tune`` each member is tuned and the member subset
+chosen by inner CV).
+
+Each model's ``grid`` is the search space for inner-CV tuning. Grid points may carry the
+preprocessing keys of ``PREPROCESS_KEYS`` (``log_skewed``, ``splines``), which the pipeline applies
+before the model; tree ensembles are invariant to monotone transforms, so their grids omit them.
 """
 
 from __future__ import annotations
@@ -261,7 +267,27 @@ class ModelEntry:
 
 MODELS: Registry[ModelEntry] = Registry("survival model")
 ENSEMBLE_MEMBERS = ("coxnet", "rsf", "gbsa")  # default members
-ENSEMBLE_CANDIDATES = ("coxnet", "rsf", "gbsa", "deepsurv")  # members a tuned ensemble chooses from
+ENSEMBLE_CANDIDATES = ("coxnet", "rsf", "gbsa", "cgb", "deepsurv")  # members a tuned ensemble chooses from
+PREPROCESS_KEYS = ("log_skewed", "splines")  # grid keys that set the pipeline's preprocessing, not the model
+
+
+def split_preprocess(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(preprocessing settings, model parameters) of one parameter dict."""
+    pre = {k: v for k, v in params.items() if k in PREPROCESS_KEYS}
+    return pre, {k: v for k, v in params.items() if k not in PREPROCESS_KEYS}
+
+
+def ensemble_members(params: dict[str, Any]) -> tuple[tuple[str, ...], dict[str, dict[str, Any]]]:
+    """Checked ``(members, per-member params)`` of ensemble parameters (preprocessing keys excluded)."""
+    p = {k: v for k, v in params.items() if k not in PREPROCESS_KEYS}
+    members = tuple(p.pop("members", ENSEMBLE_MEMBERS))
+    bad = sorted(set(members) - set(ENSEMBLE_CANDIDATES)) + sorted(set(p) - set(members))
+    if bad or not members:
+        raise ConfigError(
+            f"ensemble: 'members' must be a non-empty subset of {list(ENSEMBLE_CANDIDATES)} and other keys "
+            f"per-member parameter dicts; got {bad or 'no members'}"
+        )
+    return members, {m: dict(p.get(m, {})) for m in members}
 
 
 def _check_params(name: str, cls: Any, params: dict[str, Any]) -> None:
@@ -297,31 +323,33 @@ def _gbsa(params: dict[str, Any], seed: int) -> SurvivalModel:
     return SksurvModel("gbsa", ens.GradientBoostingSurvivalAnalysis, params, {"random_state": seed})
 
 
+def _cgb(params: dict[str, Any], seed: int) -> SurvivalModel:
+    ens = optional_import("sksurv.ensemble")
+    cls = ens.ComponentwiseGradientBoostingSurvivalAnalysis
+    _check_params("cgb", cls, params)
+    return SksurvModel("cgb", cls, params, {"random_state": seed})
+
+
 def _deepsurv(params: dict[str, Any], seed: int) -> SurvivalModel:
     return DeepSurvModel({"seed": seed, **params})
 
 
 def _ensemble(params: dict[str, Any], seed: int) -> SurvivalModel:
     """``params``: optional ``members`` (names from ENSEMBLE_CANDIDATES) and one dict per member."""
-    p = dict(params)
-    members = tuple(p.pop("members", ENSEMBLE_MEMBERS))
-    bad = sorted(set(members) - set(ENSEMBLE_CANDIDATES)) + sorted(set(p) - set(members))
-    if bad or not members:
-        raise ConfigError(
-            f"ensemble: 'members' must be a non-empty subset of {list(ENSEMBLE_CANDIDATES)} and other keys "
-            f"per-member parameter dicts; got {bad or 'no members'}"
-        )
-    return EnsembleModel([MODELS.get(m).build(dict(p.get(m, {})), seed) for m in members])
+    members, per = ensemble_members(params)
+    return EnsembleModel([MODELS.get(m).build(split_preprocess(per[m])[1], seed) for m in members])
 
 
-# ``log_skewed`` is a preprocessing choice (see fusion.FusionConfig) tuned with the linear/neural models;
-# tree models are invariant to it.
+# Search spaces for inner-CV tuning (``--tune``), fixed before looking at any outer-fold score.
+# Linear/additive models: ridge/elastic-net penalty x preprocessing (log1p of skewed covariates,
+# cubic B-splines with 4 quantile knots for continuous ones, i.e. Harrell-style flexible effects).
+# Trees: RSF leaf size and split features (200 trees); boosting: depth x trees x subsampling at a
+# small learning rate (Friedman's shrinkage).
+_PRE = tuple({"log_skewed": lg, "splines": k} for lg in (False, True) for k in (0, 4))
 MODELS.register(
     "coxph",
     ModelEntry(
-        _coxph,
-        tuple({"alpha": a, "log_skewed": lg} for lg in (False, True) for a in (0.0, 1.0, 10.0)),
-        "Cox PH (sksurv), ridge alpha",
+        _coxph, tuple({"alpha": a, **pre} for pre in _PRE for a in (0.0, 1.0, 10.0)), "Cox PH (sksurv), ridge alpha"
     ),
 )
 MODELS.register(
@@ -329,9 +357,9 @@ MODELS.register(
     ModelEntry(
         _coxnet,
         tuple(
-            {"l1_ratio": l1, "alpha": a, "log_skewed": lg}
-            for lg in (False, True)
-            for l1 in (0.1, 0.9)
+            {"l1_ratio": l1, "alpha": a, **pre}
+            for pre in _PRE
+            for l1 in (0.1, 0.5, 0.9)
             for a in (0.003, 0.01, 0.03, 0.1)
         ),
         "elastic-net Cox (sksurv)",
@@ -342,9 +370,9 @@ MODELS.register(
     ModelEntry(
         _rsf,
         tuple(
-            {"n_estimators": 100, "min_samples_leaf": leaf, "max_features": mf}
-            for leaf in (5, 15)
-            for mf in ("sqrt", 0.5)
+            {"n_estimators": 200, "min_samples_leaf": leaf, "max_features": mf}
+            for leaf in (3, 8, 15, 30)
+            for mf in ("sqrt", 0.5, None)
         ),
         "random survival forest (sksurv)",
     ),
@@ -353,12 +381,21 @@ MODELS.register(
     "gbsa",
     ModelEntry(
         _gbsa,
-        (
-            {"n_estimators": 100, "learning_rate": 0.1, "max_depth": 1},
-            {"n_estimators": 200, "learning_rate": 0.05, "max_depth": 2, "subsample": 0.8},
-            {"n_estimators": 100, "learning_rate": 0.05, "max_depth": 3, "subsample": 0.8},
+        tuple(
+            {"learning_rate": 0.05, "n_estimators": n, "max_depth": d, "subsample": sub}
+            for d in (1, 2, 3)
+            for n in (100, 250, 500)
+            for sub in (0.5, 1.0)
         ),
         "gradient-boosted Cox trees (sksurv)",
+    ),
+)
+MODELS.register(
+    "cgb",
+    ModelEntry(
+        _cgb,
+        tuple({"learning_rate": 0.1, "n_estimators": n, **pre} for pre in _PRE for n in (100, 300, 1000)),
+        "component-wise gradient-boosted Cox model (sksurv)",
     ),
 )
 MODELS.register(
