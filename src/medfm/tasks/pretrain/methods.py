@@ -81,17 +81,20 @@ class MAE(nn.Module):
     def __init__(self, encoder: nn.Module, mask_ratio: float) -> None:
         super().__init__()
         modules = optional_import("lightly.models.modules")
-        MAEDecoderTIMM, MaskedVisionTransformerTIMM = modules.MAEDecoderTIMM, modules.MaskedVisionTransformerTIMM
 
         vit = encoder
         self.encoder = encoder
-        self.backbone = MaskedVisionTransformerTIMM(vit=vit)
+        self.backbone = modules.MaskedVisionTransformerTIMM(vit=vit)
         self.patch = vit.patch_embed.patch_size[0]
         self.sequence_length = self.backbone.sequence_length
-        self.decoder = MAEDecoderTIMM(
-            num_patches=vit.patch_embed.num_patches, patch_size=self.patch, in_chans=vit.patch_embed.proj.in_channels,
-            embed_dim=vit.embed_dim, decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4,
+        decoder_dim = 128
+        # lightly's MAE recipe: project encoder tokens to the decoder width, decode the full
+        # sequence (mask tokens at the masked places), predict the pixels of each patch
+        self.decoder_embed = nn.Linear(vit.embed_dim, decoder_dim)
+        self.decoder = modules.MaskedVisionTransformerDecoderTIMM(
+            num_patches=vit.patch_embed.num_patches, embed_dim=decoder_dim, depth=2, num_heads=4,
         )
+        self.decoder_pred = nn.Linear(decoder_dim, self.patch**2 * vit.patch_embed.proj.in_channels)
         self.mask_ratio = mask_ratio
 
     def forward(self, x: torch.Tensor, view: ViewFn, epoch: int) -> torch.Tensor:
@@ -102,11 +105,11 @@ class MAE(nn.Module):
         idx_keep, idx_mask = utils.random_token_mask(
             size=(b, self.sequence_length), mask_ratio=self.mask_ratio, device=images.device
         )
-        encoded = self.decoder.embed(self.backbone.encode(images=images, idx_keep=idx_keep))
+        encoded = self.decoder_embed(self.backbone.encode(images=images, idx_keep=idx_keep))
         batch = utils.repeat_token(self.decoder.mask_token, (b, self.sequence_length)).to(encoded.dtype)
         batch = utils.set_at_index(batch, idx_keep, encoded)
-        decoded = self.decoder.decode(batch)
-        pred = self.decoder.predict(utils.get_at_index(decoded, idx_mask))
+        decoded = self.decoder(batch)  # adds the positional embedding, then the blocks and norm
+        pred = self.decoder_pred(utils.get_at_index(decoded, idx_mask))
         patches = utils.patchify(images, self.patch)
         target = utils.get_at_index(patches, idx_mask - 1)  # idx includes the class token
         mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
