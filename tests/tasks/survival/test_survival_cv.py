@@ -74,7 +74,7 @@ def test_nested_tuning_never_sees_the_outer_test_rows(monkeypatch: pytest.Monkey
 def test_tune_params_scores_every_grid_point() -> None:
     table = load_survival_dataset("veterans")
     best, scored = tune_params(table, "coxph", PrognosisConfig(models=("coxph",), inner_cv=3))
-    assert len(scored) == len(MODELS.get("coxph").grid) == 12 and best == max(scored, key=lambda s: s[1])[0]
+    assert len(scored) == len(MODELS.get("coxph").grid) == 28 and best == max(scored, key=lambda s: s[1])[0]
 
 
 class _SmallGrids:

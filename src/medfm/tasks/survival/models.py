@@ -344,12 +344,17 @@ def _ensemble(params: dict[str, Any], seed: int) -> SurvivalModel:
 # Linear/additive models: ridge/elastic-net penalty x preprocessing (log1p of skewed covariates,
 # cubic B-splines with 4 quantile knots for continuous ones, i.e. Harrell-style flexible effects).
 # Trees: RSF leaf size and split features (200 trees); boosting: depth x trees x subsampling at a
-# small learning rate (Friedman's shrinkage).
+# small learning rate (Friedman's shrinkage). The ranges were widened once (issue #5) past the
+# edges where inner CV kept landing (largest penalties, smallest subsample, most boosting steps);
+# coxph's ridge alpha twice (100 was again the usual WHAS500 choice, so 300 and 1000 were added);
+# cgb's extra point 0.3 x 1000 steps is as much shrinkage x steps as 3000 steps at 0.1, at 1/3 the cost.
 _PRE = tuple({"log_skewed": lg, "splines": k} for lg in (False, True) for k in (0, 4))
 MODELS.register(
     "coxph",
     ModelEntry(
-        _coxph, tuple({"alpha": a, **pre} for pre in _PRE for a in (0.0, 1.0, 10.0)), "Cox PH (sksurv), ridge alpha"
+        _coxph,
+        tuple({"alpha": a, **pre} for pre in _PRE for a in (0.0, 1.0, 10.0, 30.0, 100.0, 300.0, 1000.0)),
+        "Cox PH (sksurv), ridge alpha",
     ),
 )
 MODELS.register(
@@ -360,7 +365,7 @@ MODELS.register(
             {"l1_ratio": l1, "alpha": a, **pre}
             for pre in _PRE
             for l1 in (0.1, 0.5, 0.9)
-            for a in (0.003, 0.01, 0.03, 0.1)
+            for a in (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
         ),
         "elastic-net Cox (sksurv)",
     ),
@@ -385,7 +390,7 @@ MODELS.register(
             {"learning_rate": 0.05, "n_estimators": n, "max_depth": d, "subsample": sub}
             for d in (1, 2, 3)
             for n in (100, 250, 500)
-            for sub in (0.5, 1.0)
+            for sub in (0.3, 0.5, 1.0)
         ),
         "gradient-boosted Cox trees (sksurv)",
     ),
@@ -394,7 +399,11 @@ MODELS.register(
     "cgb",
     ModelEntry(
         _cgb,
-        tuple({"learning_rate": 0.1, "n_estimators": n, **pre} for pre in _PRE for n in (100, 300, 1000)),
+        tuple(
+            {"learning_rate": lr, "n_estimators": n, **pre}
+            for pre in _PRE
+            for lr, n in ((0.1, 100), (0.1, 300), (0.1, 1000), (0.3, 1000))
+        ),
         "component-wise gradient-boosted Cox model (sksurv)",
     ),
 )
