@@ -163,11 +163,16 @@ def evaluate_pairs(
         check_labels(g, labels, gp)
         check_labels(p, labels, pp)
         rows.extend(case_rows(case, p, g, labels, spacing, tolerance_mm))
-    notes = []
-    if no_spacing:
-        notes.append(f"{len(no_spacing)} reference file(s) carry no pixel spacing (e.g. PNG): their distances "
-                     f"and volumes assume 1 mm pixels ({', '.join(no_spacing[:3])}{' ...' if len(no_spacing) > 3 else ''})")
+    notes = spacing_notes(no_spacing, "reference file(s)")
     return SegEvalResult(rows, summarize_rows(rows, labels, n_boot, seed), labels, n_cases=len(loaded), notes=notes)
+
+
+def spacing_notes(cases: Sequence[Any], what: str = "case(s)") -> list[str]:
+    """The note for cases scored in pixels because their files carry no spacing (PNG etc.)."""
+    if not cases:
+        return []
+    names = ", ".join(map(str, cases[:3])) + (" ..." if len(cases) > 3 else "")
+    return [f"{len(cases)} {what} carry no pixel spacing (e.g. PNG): their distances and volumes assume 1 mm pixels ({names})"]
 
 
 def evaluate_folders(

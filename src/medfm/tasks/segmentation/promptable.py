@@ -24,7 +24,7 @@ import numpy as np
 from medfm.errors import ConfigError, InputError
 from medfm.io.image import Image
 from medfm.metrics.segmentation import binary_metrics
-from medfm.tasks.segmentation.evaluate import SegEvalResult, summarize_rows
+from medfm.tasks.segmentation.evaluate import SegEvalResult, spacing_notes, summarize_rows
 
 PROMPT_MODES = ("box", "points", "propagate")
 
@@ -365,11 +365,7 @@ def evaluate_prompted_cases(
     it = samples if progress is None else progress(samples, len(samples))
     rows = evaluate_prompted(model, it, labels, config, prompts)
     labels = tuple(int(v) for v in labels)
-    notes = []
-    no_spacing = [s.id for s in samples if s.image.meta.get("spacing_known") is False]
-    if no_spacing:
-        notes.append(f"{len(no_spacing)} case(s) carry no pixel spacing (e.g. PNG): their distances and volumes "
-                     f"assume 1 mm pixels ({', '.join(map(str, no_spacing[:3]))}{' ...' if len(no_spacing) > 3 else ''})")
+    notes = spacing_notes([s.id for s in samples if s.image.meta.get("spacing_known") is False])
     return SegEvalResult(rows, summarize_rows(rows, labels, n_boot, config.seed), labels, n_cases=len(samples), notes=notes)
 
 
