@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -221,24 +221,32 @@ def _fit_ellipse_direct(pts: np.ndarray) -> tuple[float, float, float, float, fl
     return float(xc * s + mu[0]), float(yc * s + mu[1]), float(a * s), float(b * s), float(theta)
 
 
-def mask_ellipse(mask: np.ndarray) -> tuple[float, float, float, float, float]:
-    """Ellipse (xc, yc, a, b, theta) in pixels fitted to the boundary of the largest region of a
-    2D mask (Y, X)."""
+def largest_region_filled(mask: np.ndarray) -> np.ndarray:
+    """The largest connected region of a binary mask with its holes filled (one object, such as a
+    fetal head); ValueError for an empty mask."""
     from scipy import ndimage
 
     m = np.asarray(mask, dtype=bool)
     lab, n = ndimage.label(m)
     if n == 0:
-        raise ValueError("empty mask: no ellipse to fit")
+        raise ValueError("empty mask: no region")
     if n > 1:
-        sizes = ndimage.sum(m, lab, index=np.arange(1, n + 1))
-        m = lab == (int(np.argmax(sizes)) + 1)
-    m = ndimage.binary_fill_holes(m)
-    return fit_ellipse(boundary_points(m))
+        m = lab == int(np.argmax(np.bincount(lab.ravel())[1:])) + 1
+    return ndimage.binary_fill_holes(m)
 
 
-def head_circumference_mm(mask: np.ndarray, pixel_mm: float, offset_px: float = 0.0) -> float:
-    """Head circumference (mm): Ramanujan perimeter of the ellipse fitted to a 2D mask's boundary,
-    with both semi-axes shrunk by ``offset_px`` (a mask drawn that far outside the true ellipse)."""
-    _, _, a, b, _ = mask_ellipse(mask)
+def mask_ellipse(mask: np.ndarray) -> tuple[float, float, float, float, float]:
+    """Ellipse (xc, yc, a, b, theta) in pixels fitted to the boundary of the largest region of a
+    2D mask (Y, X)."""
+    return fit_ellipse(boundary_points(largest_region_filled(mask)))
+
+
+def head_circumference_mm(
+    mask: np.ndarray, pixel_mm: float, offset_px: float = 0.0,
+    fit: Callable[[np.ndarray], tuple[float, float, float, float, float]] = mask_ellipse,
+) -> float:
+    """Head circumference (mm): Ramanujan perimeter of the ellipse ``fit`` gives for a 2D mask
+    (default: least squares on the boundary), with both semi-axes shrunk by ``offset_px`` (a mask
+    drawn that far outside the true ellipse)."""
+    _, _, a, b, _ = fit(mask)
     return ellipse_perimeter(max(a - offset_px, 0.0), max(b - offset_px, 0.0)) * float(pixel_mm)

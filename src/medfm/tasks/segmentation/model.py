@@ -294,16 +294,14 @@ def postprocess_labels(idx: np.ndarray, method: str, num_labels: int) -> np.ndar
         return idx
     if method not in POSTPROCESS:
         raise ConfigError(f"unknown postprocess '{method}'; choose one of {', '.join(POSTPROCESS)}")
-    from scipy import ndimage
+    from medfm.metrics.segmentation import largest_region_filled
 
     src = np.asarray(idx)
     out = np.zeros_like(src)
     for k in range(1, num_labels + 1):
-        comp, n = ndimage.label(src == k)
-        if n == 0:
+        if not (src == k).any():
             continue
-        sizes = np.bincount(comp.ravel())[1:]
-        keep = ndimage.binary_fill_holes(comp == int(np.argmax(sizes)) + 1)
+        keep = largest_region_filled(src == k)
         out[keep & (out == 0)] = k
     return out
 
