@@ -77,7 +77,10 @@ def train_seg_command(
     rotate: float = typer.Option(None, "--rotate", help="Augmentation: random rotation up to +-DEG degrees (p 0.5)."),
     scale_aug: float = typer.Option(None, "--scale-aug", help="Augmentation: random zoom by up to +-this fraction (p 0.5)."),
     select_inference: bool = typer.Option(True, "--select-inference/--no-select-inference",
-                                          help="After training, choose flip TTA and largest-component post-processing on val."),
+                                          help="After training, choose flip TTA, post-processing (largest component, ellipse) and the refiner on val."),
+    refine: bool = typer.Option(None, "--refine/--no-refine",
+                                help="2D: also train a second network on crops around the object (a cascade); val decides its use."),
+    refine_budget: float = typer.Option(None, "--refine-budget", help="The refiner's time/step budget as a fraction of the first stage's (default 1)."),
     seed: int = typer.Option(0, "--seed", help="Seed for init, sampling and bootstrap."),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast where fast), bf16 or fp32."),
     tolerance_mm: float = typer.Option(1.0, "--tolerance-mm", help="NSD tolerance in mm for the test evaluation."),
@@ -109,7 +112,8 @@ def train_seg_command(
     given = {
         "encoder": encoder, "minutes": minutes, "cpu_minutes": cpu_minutes, "epochs": epochs, "max_steps": max_steps, "batch_size": batch_size,
         "samples_per_image": samples, "lr": lr, "rotate_deg": rotate, "scale_aug": scale_aug,
-        "select_inference": select_inference, "precision": precision, "seed": seed,
+        "select_inference": select_inference, "precision": precision, "seed": seed, "refine": refine,
+        "refine_budget": refine_budget,
         "patch_size": _int_tuple(patch, "--patch") or None, "input_size": _int_tuple(input_size, "--input-size") or None,
         "channels": _int_tuple(channels, "--channels") or None,
     }

@@ -74,7 +74,7 @@ def test_train_2d_with_resize_and_time_budget(tmp_path) -> None:
     assert res.seconds < 30 and res.steps >= 1
     seg = TrainedSegmenter.load(tmp_path)
     chosen = json.loads((tmp_path / "model_card.json").read_text())["config"]["segmentation"]
-    assert len(chosen["extra"]["inference_selection"]["candidates"]) == 6  # 3 flip sets x 2 post-processings
+    assert len(chosen["extra"]["inference_selection"]["candidates"]) == 9  # 3 flip sets x 3 post-processings
     assert tuple(chosen["tta_flips"]) == seg.info.tta_flips and chosen["postprocess"] == seg.info.postprocess
     pred = seg.predict(data[2].image)
     assert pred.array.shape == (1, 40, 52)  # back at the source size
@@ -134,6 +134,24 @@ def test_postprocess_keeps_the_largest_component_and_fills_holes() -> None:
         postprocess_labels(idx, "erode", 2)
 
 
+def test_ellipse_fill_redraws_a_leaking_mask_as_its_ellipse() -> None:
+    from medfm.metrics.segmentation import binary_metrics
+    from medfm.tasks.segmentation.hc18 import ellipse_mask
+    from medfm.tasks.segmentation.model import postprocess_labels
+
+    ref = ellipse_mask((120, 160), 80.0, 60.0, 50.0, 32.0, 0.3)
+    pred = ref.copy()
+    pred[55:65, 120:150] = True  # a leak beside the ellipse
+    pred[60:64, 70:74] = False  # a hole
+    pred[5:9, 5:9] = True  # a stray blob
+    idx = pred.astype(np.int64)
+    before = binary_metrics(postprocess_labels(idx, "largest_cc_fill", 1) == 1, ref, (1.0, 1.0))["dice"]
+    after = binary_metrics(postprocess_labels(idx, "ellipse_fill", 1) == 1, ref, (1.0, 1.0))["dice"]
+    assert before < 0.985 and after > 0.995
+    with pytest.raises(ConfigError, match="2D"):
+        postprocess_labels(np.ones((4, 4, 4), np.int64), "ellipse_fill", 1)
+
+
 def test_flip_tta_averages_flipped_predictions() -> None:
     import torch
 
@@ -174,5 +192,5 @@ def test_select_inference_needs_a_val_gain() -> None:
     val = [Sample("v", image=Image(lab.astype(np.float32), (1.0, 1.0)), mask=Image(lab, (1.0, 1.0)))]
     choice = select_inference(Stub(), val, flip_axes=(1,))
     assert choice["postprocess"] == "largest_cc_fill" and choice["tta_flips"] == []  # flips gain nothing here
-    assert choice["val_dice"] == pytest.approx(1.0) and len(choice["candidates"]) == 4
+    assert choice["val_dice"] == pytest.approx(1.0) and len(choice["candidates"]) == 6  # 2 flips x 3 post
     assert Stub.info.tta_flips == () and Stub.info.postprocess == "none"  # the model is left as it was

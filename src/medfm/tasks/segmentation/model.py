@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import torch
 
 ARCHS = ("unet2d", "unet3d", "swinunetr", "frozen_encoder")
-POSTPROCESS = ("none", "largest_cc_fill")
+POSTPROCESS = ("none", "largest_cc_fill", "ellipse_fill")
 CARD_FILE = "model_card.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -138,7 +138,10 @@ class SegModelInfo:
     input_size: tuple[int, ...] = ()  # resize images to this before the network (2D); () = native
     overlap: float = 0.5
     tta_flips: tuple[int, ...] = ()  # spatial axes: also predict on each flipped image and average
-    postprocess: str = "none"  # "none" or "largest_cc_fill" (per label: largest component, holes filled)
+    postprocess: str = "none"  # "none", "largest_cc_fill" (per label: largest component, holes filled) or
+    # "ellipse_fill" (2D: per label, the filled ellipse fitted to that component, as HC18's references are drawn)
+    refine_margin: float = 0.0  # 2D cascade: > 0 refines a box this many times the object's size with
+    # the sub-model in refine/ (see medfm.tasks.segmentation.refine); 0 = the whole-frame network alone
     dataset: str = ""
     val_dice: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -217,11 +220,13 @@ def is_trained_model_dir(path: str | Path) -> bool:
 class TrainedSegmenter:
     """A trained network ready for inference on whole images (sliding window)."""
 
-    def __init__(self, net: torch.nn.Module, info: SegModelInfo, device: str = "cpu", precision: str = "auto") -> None:
+    def __init__(self, net: torch.nn.Module, info: SegModelInfo, device: str = "cpu", precision: str = "auto",
+                 refiner: TrainedSegmenter | None = None) -> None:
         self.net = net.to(device).eval()
         self.info = info
         self.device = device
         self.precision = precision
+        self.refiner = refiner  # second stage on a crop around the object (used when info.refine_margin > 0)
 
     @classmethod
     def load(cls, folder: str | Path, device: str = "cpu", precision: str = "auto") -> TrainedSegmenter:
@@ -231,10 +236,32 @@ class TrainedSegmenter:
         info = read_info(folder)
         net = build_network(info.net)
         load_weights(net, folder / WEIGHTS_FILE)
-        return cls(net, info, device, precision)
+        from medfm.tasks.segmentation.refine import REFINE_DIR
+
+        # a refiner trained but not chosen on val is loaded too (select_inference compares with it)
+        refiner = cls.load(folder / REFINE_DIR, device, precision) if is_trained_model_dir(folder / REFINE_DIR) else None
+        if info.refine_margin > 0 and refiner is None:
+            raise InputError(f"{folder / CARD_FILE}: refine_margin is set but {folder / REFINE_DIR} holds no trained model")
+        return cls(net, info, device, precision, refiner)
 
     def probabilities(self, array: np.ndarray) -> np.ndarray:
-        """(C, *spatial) source intensities -> (K+1, *spatial) softmax probabilities at source size."""
+        """(C, *spatial) source intensities -> (K+1, *spatial) softmax probabilities at source size;
+        with a refiner and ``info.refine_margin`` > 0, the box around the object is re-segmented by it."""
+        prob = self.frame_probabilities(array)
+        if self.refiner is None or self.info.refine_margin <= 0:
+            return prob
+        from medfm.tasks.segmentation.refine import crop_array, object_box, paste_probabilities
+
+        r_in = self.refiner.info.input_size or self.refiner.info.net.patch_size
+        box = object_box(prob.argmax(axis=0) > 0, self.info.refine_margin, r_in[0] / r_in[1])
+        if box is None:  # the first stage found nothing: nothing to refine
+            return prob
+        crop_prob = self.refiner.frame_probabilities(crop_array(np.asarray(array), box), self.info.tta_flips)
+        return paste_probabilities(prob, crop_prob, box)
+
+    def frame_probabilities(self, array: np.ndarray, tta_flips: tuple[int, ...] | None = None) -> np.ndarray:
+        """Probabilities of this network alone on the whole image (no refinement stage), with
+        ``tta_flips`` (default: the card's)."""
         import torch
         from monai.inferers import sliding_window_inference
 
@@ -255,7 +282,8 @@ class TrainedSegmenter:
         dev_type = "cuda" if self.device.startswith("cuda") else "cpu"
         with torch.inference_mode(), torch.autocast(dev_type, dtype=dtype or torch.float32, enabled=dtype is not None):
             prob = None
-            for axes in ((), *((a,) for a in info.tta_flips)):
+            flips = info.tta_flips if tta_flips is None else tuple(tta_flips)
+            for axes in ((), *((a,) for a in flips)):
                 dims = [2 + a for a in axes]
                 x_in = torch.flip(t, dims) if dims else t
                 logits = sliding_window_inference(
@@ -265,7 +293,7 @@ class TrainedSegmenter:
                 p = torch.softmax(logits.float(), dim=1)
                 p = torch.flip(p, dims) if dims else p
                 prob = p if prob is None else prob + p
-            prob = prob / (1 + len(info.tta_flips))
+            prob = prob / (1 + len(flips))
         if info.input_size:
             import torch.nn.functional as F
 
@@ -289,19 +317,29 @@ class TrainedSegmenter:
 def postprocess_labels(idx: np.ndarray, method: str, num_labels: int) -> np.ndarray:
     """Index map (*spatial) -> the same after ``method``: "largest_cc_fill" keeps, per label, the
     largest connected component and fills its holes (scipy.ndimage; one object per label, such as
-    a fetal head); "none" returns it unchanged."""
+    a fetal head); "ellipse_fill" (2D only) replaces that component by the filled ellipse fitted to
+    its outline (robust fit of ``hc18.fit_mask_ellipse``), for objects annotated as ellipses;
+    "none" returns it unchanged."""
     if method == "none" or num_labels == 0:
         return idx
     if method not in POSTPROCESS:
         raise ConfigError(f"unknown postprocess '{method}'; choose one of {', '.join(POSTPROCESS)}")
-    from medfm.metrics.segmentation import largest_region_filled
-
     src = np.asarray(idx)
+    if method == "ellipse_fill" and src.ndim != 2:
+        raise ConfigError(f"postprocess 'ellipse_fill' needs 2D label maps, got {src.ndim}-D")
+    from medfm.metrics.segmentation import largest_region_filled
+    from medfm.tasks.segmentation.hc18 import ellipse_mask, fit_mask_ellipse
+
     out = np.zeros_like(src)
     for k in range(1, num_labels + 1):
         if not (src == k).any():
             continue
         keep = largest_region_filled(src == k)
+        if method == "ellipse_fill":
+            try:
+                keep = ellipse_mask(src.shape, *fit_mask_ellipse(keep))
+            except ValueError:  # too few boundary points for an ellipse: keep the component
+                pass
         out[keep & (out == 0)] = k
     return out
 

@@ -66,6 +66,11 @@ class SegTrainConfig:
     rotate_deg: float = 0.0  # random rotation up to +-this (degrees; 3D: about each axis), p = 0.5
     scale_aug: float = 0.0  # random isotropic-per-axis zoom by up to +-this fraction, p = 0.5
     select_inference: bool = True  # choose flip TTA / post-processing on val after training
+    refine: bool = False  # 2D: also train a refiner on crops around the object (refine.py); val decides its use
+    refine_input_size: tuple[int, ...] = (256, 256)
+    refine_patch_size: tuple[int, ...] = (224, 224)
+    refine_crops: int = 6  # random training crops per image
+    refine_budget: float = 1.0  # the refiner's minutes / CPU minutes / steps, as a fraction of the first stage's
     lr: float = 2e-3
     weight_decay: float = 1e-5
     epochs: int = 1000
@@ -352,40 +357,79 @@ def train_segmentation(
     info.extra = {"best_epoch": best_epoch, "epochs": epoch, "steps": step, "minutes": seconds / 60,
                   "cpu_minutes": cpu_used() / 60,
                   "config": _cfg_dict(cfg)}
+    if cfg.refine:
+        segmenter.refiner = _train_refiner(train, val, cfg, out, resume, device)
+        info.extra["refiner"] = {"best_val_dice_on_crops": segmenter.refiner.info.val_dice, **segmenter.refiner.info.extra}
     if cfg.select_inference and val:
         load_weights(net, out / WEIGHTS_FILE)
         choice = select_inference(segmenter, val, cfg.flip_axes)
         info.tta_flips, info.postprocess = tuple(choice["tta_flips"]), choice["postprocess"]
+        info.refine_margin = choice["refine_margin"]
         info.extra["inference_selection"] = choice
-        _log(f"train-seg: inference settings chosen on val: flips {info.tta_flips}, postprocess {info.postprocess} "
-             f"(val Dice {choice['val_dice']:.4f})")
+        _log(f"train-seg: inference settings chosen on val: flips {info.tta_flips}, postprocess {info.postprocess}, "
+             f"refine margin {info.refine_margin} (val Dice {choice['val_dice']:.4f})")
     write_card(out, info, name=f"{cfg.dataset or 'folder'}-{cfg.arch}", weights_hash=file_hash(out / WEIGHTS_FILE))
     (out / "history.json").write_text(json.dumps(history, indent=2))
     return SegTrainResult(out, info.val_dice, best_epoch, epoch, step, seconds, history, cpu_used())
 
 
+def _train_refiner(train: Sequence[Sample], val: Sequence[Sample], cfg: SegTrainConfig, out: Path, resume: bool,
+                   device: str) -> TrainedSegmenter:
+    """Second stage of a 2D cascade: the same network family trained on crops around the reference
+    object (``refine.crop_samples``), saved in ``out/refine``; its val split is crops of val."""
+    from dataclasses import replace
+
+    from medfm.tasks.segmentation.refine import REFINE_DIR, crop_samples
+
+    if train[0].image.ndim != 2:
+        raise ConfigError("refine (a crop-refining second stage) is 2D only")
+    size = tuple(cfg.refine_input_size)
+    aspect = size[0] / size[1]
+    f = cfg.refine_budget
+    rcfg = replace(
+        cfg, input_size=size, patch_size=tuple(cfg.refine_patch_size), refine=False, select_inference=False,
+        minutes=cfg.minutes * f if cfg.minutes else None, cpu_minutes=cfg.cpu_minutes * f if cfg.cpu_minutes else None,
+        max_steps=max(1, round(cfg.max_steps * f)) if cfg.max_steps else None, seed=cfg.seed + 1,
+        dataset=f"{cfg.dataset}-refine" if cfg.dataset else "refine",
+    )
+    tr = crop_samples(train, aspect, cfg.refine_crops, seed=cfg.seed)
+    va = crop_samples(val, aspect, 1, seed=cfg.seed, jitter=False)
+    _log(f"train-seg: training the refiner on {len(tr)} crops of {len(train)} images ({len(va)} val crops)")
+    train_segmentation(tr, va, rcfg, out / REFINE_DIR, resume=resume, device=device)
+    return TrainedSegmenter.load(out / REFINE_DIR, device=device, precision=cfg.precision)
+
+
 def select_inference(segmenter: TrainedSegmenter, val: Sequence[Sample], flip_axes: Sequence[int] = (),
                      min_gain: float = 1e-4) -> dict[str, Any]:
     """Choose flip test-time augmentation (only over axes flipped in training) and post-processing
-    by mean Dice on the val samples at their native size; a richer option must beat a simpler one
-    by ``min_gain``. Returns {"tta_flips", "postprocess", "val_dice", "candidates"}."""
+    by mean Dice on the val samples at their native size (post-processing: none, largest component
+    filled, and in 2D the fitted ellipse filled), and with a trained refiner (2D cascade) with and
+    without it; a richer option must beat a simpler one by ``min_gain``. Returns {"refine_margin",
+    "tta_flips", "postprocess", "val_dice", "candidates"}."""
     from medfm.tasks.segmentation.model import POSTPROCESS, postprocess_labels
+    from medfm.tasks.segmentation.refine import MARGIN_RANGE
 
     info = segmenter.info
     k = info.net.num_classes
-    saved = (info.tta_flips, info.postprocess)
+    saved = (info.tta_flips, info.postprocess, info.refine_margin)
     flips = [()] + [tuple(flip_axes[: i + 1]) for i in range(len(flip_axes))]
+    margins = [0.0] + ([float(np.mean(MARGIN_RANGE))] if getattr(segmenter, "refiner", None) is not None else [])
     gts = [labels_to_index(s.mask.array, info.labels, where=f"mask of {s.id}") for s in val]
     cands = []
     try:
-        for tta in flips:
-            info.tta_flips = tta
-            idx = [segmenter.probabilities(s.image.array).argmax(axis=0) for s in val]
-            for post in POSTPROCESS:
-                d = [mean_dice(postprocess_labels(i, post, k - 1), g, k) for i, g in zip(idx, gts)]
-                cands.append({"tta_flips": list(tta), "postprocess": post, "val_dice": float(np.mean(d))})
+        for margin in margins:
+            info.refine_margin = margin
+            for tta in flips:
+                info.tta_flips = tta
+                idx = [segmenter.probabilities(s.image.array).argmax(axis=0) for s in val]
+                for post in POSTPROCESS:
+                    if post == "ellipse_fill" and len(info.net.patch_size) != 2:
+                        continue
+                    d = [mean_dice(postprocess_labels(i, post, k - 1), g, k) for i, g in zip(idx, gts)]
+                    cands.append({"refine_margin": margin, "tta_flips": list(tta), "postprocess": post,
+                                  "val_dice": float(np.mean(d))})
     finally:
-        info.tta_flips, info.postprocess = saved
+        info.tta_flips, info.postprocess, info.refine_margin = saved
     best = cands[0]  # candidates run from simplest to richest
     for c in cands[1:]:
         if c["val_dice"] > best["val_dice"] + min_gain:
