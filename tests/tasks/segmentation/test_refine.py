@@ -11,7 +11,7 @@ import pytest
 from medfm.data.card import Sample
 from medfm.errors import ConfigError, InputError
 from medfm.io.image import Image
-from medfm.tasks.segmentation.refine import MARGIN_RANGE, crop_array, crop_samples, object_box, paste_probabilities
+from medfm.tasks.segmentation.refine import INFER_MARGIN, MARGIN_RANGE, crop_array, crop_samples, object_box, paste_probabilities
 
 
 def test_object_box_is_margined_aspect_fixed_and_uses_the_largest_region() -> None:
@@ -59,7 +59,7 @@ def test_crop_samples_keep_the_object_inside_with_jittered_margins() -> None:
         assert np.array_equal(t.image.array > 0, t.mask.array > 0)
     assert len({t.mask.array.shape for t in tr}) > 1  # margins vary
     (va,) = crop_samples([s], aspect=1.0, per_sample=5, seed=0, jitter=False)
-    assert va.mask.array.shape[-1] == round(np.mean(MARGIN_RANGE) * 30)
+    assert va.mask.array.shape[-1] == round(INFER_MARGIN * 30)
 
 
 def _blobs(n: int, seed: int) -> list[Sample]:
@@ -89,13 +89,16 @@ def test_train_with_a_refiner_saves_selects_and_reloads(tmp_path) -> None:
     assert (tmp_path / "refine" / "model.safetensors").is_file()
     card = json.loads((tmp_path / "model_card.json").read_text())["config"]["segmentation"]
     cands = card["extra"]["inference_selection"]["candidates"]
-    assert sorted({c["refine_margin"] for c in cands}) == [0.0, float(np.mean(MARGIN_RANGE))]
+    assert sorted({(c["refine_margin"], c["refine_passes"]) for c in cands}) == [(0.0, 1), (INFER_MARGIN, 1), (INFER_MARGIN, 2)]
     assert card["refine_margin"] == card["extra"]["inference_selection"]["refine_margin"]
     assert card["extra"]["refiner"]["steps"] == 3  # the refiner's own budget (same as the first stage's)
     seg = TrainedSegmenter.load(tmp_path, precision="fp32")
     assert seg.refiner is not None
-    seg.info.refine_margin = 1.4
+    seg.info.refine_margin, seg.info.refine_passes = 1.4, 1
     p_ref = seg.probabilities(data[5].image.array)
+    seg.info.refine_passes = 2
+    p_ref2 = seg.probabilities(data[5].image.array)
+    assert p_ref2.shape == p_ref.shape and np.allclose(p_ref2.sum(0), 1, atol=1e-5)
     seg.info.refine_margin = 0.0
     p_frame = seg.probabilities(data[5].image.array)
     assert p_ref.shape == p_frame.shape == (2, 48, 64) and not np.allclose(p_ref, p_frame)

@@ -142,6 +142,7 @@ class SegModelInfo:
     # "ellipse_fill" (2D: per label, the filled ellipse fitted to that component, as HC18's references are drawn)
     refine_margin: float = 0.0  # 2D cascade: > 0 refines a box this many times the object's size with
     # the sub-model in refine/ (see medfm.tasks.segmentation.refine); 0 = the whole-frame network alone
+    refine_passes: int = 1  # each pass crops around the object the previous pass found
     dataset: str = ""
     val_dice: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -253,11 +254,13 @@ class TrainedSegmenter:
         from medfm.tasks.segmentation.refine import crop_array, object_box, paste_probabilities
 
         r_in = self.refiner.info.input_size or self.refiner.info.net.patch_size
-        box = object_box(prob.argmax(axis=0) > 0, self.info.refine_margin, r_in[0] / r_in[1])
-        if box is None:  # the first stage found nothing: nothing to refine
-            return prob
-        crop_prob = self.refiner.frame_probabilities(crop_array(np.asarray(array), box), self.info.tta_flips)
-        return paste_probabilities(prob, crop_prob, box)
+        for _ in range(max(1, self.info.refine_passes)):
+            box = object_box(prob.argmax(axis=0) > 0, self.info.refine_margin, r_in[0] / r_in[1])
+            if box is None:  # nothing found: nothing (more) to refine
+                break
+            crop_prob = self.refiner.frame_probabilities(crop_array(np.asarray(array), box), self.info.tta_flips)
+            prob = paste_probabilities(prob, crop_prob, box)
+        return prob
 
     def frame_probabilities(self, array: np.ndarray, tta_flips: tuple[int, ...] | None = None) -> np.ndarray:
         """Probabilities of this network alone on the whole image (no refinement stage), with

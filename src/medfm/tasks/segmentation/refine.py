@@ -6,6 +6,8 @@ stage) segments that crop at its own, higher resolution. Made for one object per
 size varies a lot between images, such as a fetal head from the first to the third trimester:
 small heads get more pixels and far-away look-alikes are out of the crop.
 
+At inference the crop is refined in passes: each pass crops around the previous pass's object.
+
 ``object_box`` gives the (margined, aspect-fixed) box around a mask's largest region;
 ``crop_array`` cuts it out, padding outside the image; ``crop_samples`` makes the refiner's
 training crops. The model side (``TrainedSegmenter`` with a ``refine/`` sub-model) lives in
@@ -24,9 +26,12 @@ from medfm.errors import ConfigError
 from medfm.metrics.segmentation import largest_region_filled
 
 REFINE_DIR = "refine"
-# Training crops: margin (box side / object side) drawn from this range, centre shifted by up to
-# SHIFT of the object's size; inference uses the range's middle on the first stage's object.
-MARGIN_RANGE = (1.15, 1.6)
+# Training crops: margin (box side / object side) drawn log-uniformly from this range, centre
+# shifted by up to SHIFT of the object's size. Wide on purpose: when the first stage over-segments
+# (a head plus the tissue around it), the refiner's crop holds a small object in a large box, and it
+# must still find it; the next pass then crops tightly. Inference crops at INFER_MARGIN.
+MARGIN_RANGE = (1.15, 3.0)
+INFER_MARGIN = 1.375
 SHIFT = 0.08
 
 
@@ -76,7 +81,7 @@ def paste_probabilities(prob: np.ndarray, crop_prob: np.ndarray, box: tuple[int,
 def crop_samples(samples: Sequence[Sample], aspect: float, per_sample: int, seed: int,
                  jitter: bool = True) -> list[Sample]:
     """Crops around each sample's reference object: ``per_sample`` random ones (margin in
-    MARGIN_RANGE, shift up to SHIFT) for training, or one at the middle margin when ``jitter``
+    MARGIN_RANGE, shift up to SHIFT) for training, or one at INFER_MARGIN when ``jitter``
     is False (validation). Samples without foreground are skipped."""
     rng = np.random.default_rng(seed)
     out = []
@@ -85,10 +90,10 @@ def crop_samples(samples: Sequence[Sample], aspect: float, per_sample: int, seed
         lab2 = lab[0] if lab.ndim == 3 else lab
         for k in range(per_sample if jitter else 1):
             if jitter:
-                margin = float(rng.uniform(*MARGIN_RANGE))
+                margin = float(np.exp(rng.uniform(*np.log(MARGIN_RANGE))))
                 shift = (float(rng.uniform(-SHIFT, SHIFT)), float(rng.uniform(-SHIFT, SHIFT)))
             else:
-                margin, shift = float(np.mean(MARGIN_RANGE)), (0.0, 0.0)
+                margin, shift = INFER_MARGIN, (0.0, 0.0)
             box = object_box(lab2 > 0, margin, aspect, shift)
             if box is None:
                 break

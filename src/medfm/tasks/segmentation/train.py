@@ -364,10 +364,10 @@ def train_segmentation(
         load_weights(net, out / WEIGHTS_FILE)
         choice = select_inference(segmenter, val, cfg.flip_axes)
         info.tta_flips, info.postprocess = tuple(choice["tta_flips"]), choice["postprocess"]
-        info.refine_margin = choice["refine_margin"]
+        info.refine_margin, info.refine_passes = choice["refine_margin"], choice["refine_passes"]
         info.extra["inference_selection"] = choice
         _log(f"train-seg: inference settings chosen on val: flips {info.tta_flips}, postprocess {info.postprocess}, "
-             f"refine margin {info.refine_margin} (val Dice {choice['val_dice']:.4f})")
+             f"refine margin {info.refine_margin} x {info.refine_passes} passes (val Dice {choice['val_dice']:.4f})")
     write_card(out, info, name=f"{cfg.dataset or 'folder'}-{cfg.arch}", weights_hash=file_hash(out / WEIGHTS_FILE))
     (out / "history.json").write_text(json.dumps(history, indent=2))
     return SegTrainResult(out, info.val_dice, best_epoch, epoch, step, seconds, history, cpu_used())
@@ -404,21 +404,21 @@ def select_inference(segmenter: TrainedSegmenter, val: Sequence[Sample], flip_ax
     """Choose flip test-time augmentation (only over axes flipped in training) and post-processing
     by mean Dice on the val samples at their native size (post-processing: none, largest component
     filled, and in 2D the fitted ellipse filled), and with a trained refiner (2D cascade) with and
-    without it; a richer option must beat a simpler one by ``min_gain``. Returns {"refine_margin",
+    without it (one or two passes); a richer option must beat a simpler one by ``min_gain``. Returns {"refine_margin",
     "tta_flips", "postprocess", "val_dice", "candidates"}."""
     from medfm.tasks.segmentation.model import POSTPROCESS, postprocess_labels
-    from medfm.tasks.segmentation.refine import MARGIN_RANGE
+    from medfm.tasks.segmentation.refine import INFER_MARGIN
 
     info = segmenter.info
     k = info.net.num_classes
-    saved = (info.tta_flips, info.postprocess, info.refine_margin)
+    saved = (info.tta_flips, info.postprocess, info.refine_margin, info.refine_passes)
     flips = [()] + [tuple(flip_axes[: i + 1]) for i in range(len(flip_axes))]
-    margins = [0.0] + ([float(np.mean(MARGIN_RANGE))] if getattr(segmenter, "refiner", None) is not None else [])
+    stages = [(0.0, 1)] + ([(INFER_MARGIN, 1), (INFER_MARGIN, 2)] if getattr(segmenter, "refiner", None) is not None else [])
     gts = [labels_to_index(s.mask.array, info.labels, where=f"mask of {s.id}") for s in val]
     cands = []
     try:
-        for margin in margins:
-            info.refine_margin = margin
+        for margin, passes in stages:
+            info.refine_margin, info.refine_passes = margin, passes
             for tta in flips:
                 info.tta_flips = tta
                 idx = [segmenter.probabilities(s.image.array).argmax(axis=0) for s in val]
@@ -426,10 +426,10 @@ def select_inference(segmenter: TrainedSegmenter, val: Sequence[Sample], flip_ax
                     if post == "ellipse_fill" and len(info.net.patch_size) != 2:
                         continue
                     d = [mean_dice(postprocess_labels(i, post, k - 1), g, k) for i, g in zip(idx, gts)]
-                    cands.append({"refine_margin": margin, "tta_flips": list(tta), "postprocess": post,
+                    cands.append({"refine_margin": margin, "refine_passes": passes, "tta_flips": list(tta), "postprocess": post,
                                   "val_dice": float(np.mean(d))})
     finally:
-        info.tta_flips, info.postprocess, info.refine_margin = saved
+        info.tta_flips, info.postprocess, info.refine_margin, info.refine_passes = saved
     best = cands[0]  # candidates run from simplest to richest
     for c in cands[1:]:
         if c["val_dice"] > best["val_dice"] + min_gain:
