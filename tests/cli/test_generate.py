@@ -39,6 +39,23 @@ def test_vqa_missing_folder(tmp_path, capsys) -> None:
     assert rc == 2 and "nope" in capsys.readouterr().err
 
 
+def test_vqa_command_ssl_encoder(tmp_path, capsys) -> None:
+    """--image-encoder ssl pretrains inside the run on the training images and records it."""
+    data = make_vqa_folder(tmp_path / "toyvqa", n_images=10)
+    rc = main(["vqa", "--train", str(data), "--out", str(tmp_path / "out"), "--image-encoder", "ssl", "--ssl-minutes", "0.002",
+               "--val-splits", "1", "--n-boot", "10", "--json"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    _, recs = read_results(tmp_path / "out" / "results.json")
+    disc = recs[2]
+    assert disc.protocol == "vqa/discriminative" and disc.model.endswith("+ssl")
+    info = disc.extra["ssl_pretraining"]
+    test_qids = {p["qid"] for p in disc.extra["predictions"]}
+    items = json.loads((data / "qa.json").read_text())
+    test_images = {r["image_name"] for r in items if str(r["qid"]) in test_qids}
+    assert info["n_images"] == 10 - len(test_images) and not set(info["images"]) & test_images
+
+
 def test_report_eval_command(tmp_path, capsys) -> None:
     (tmp_path / "pred.csv").write_text("id,report\na,No pleural effusion.\nb,Cardiomegaly.\n")
     (tmp_path / "ref.csv").write_text("id,report\na,No pleural effusion or pneumothorax.\nb,Cardiomegaly is present.\n")

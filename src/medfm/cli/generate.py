@@ -61,8 +61,10 @@ def vqa(
     model: str | None = typer.Option(None, "--model", help="Generator id for generative answering (e.g. medgemma/4b-it)."),
     base_url: str | None = typer.Option(None, "--base-url", help="With --model NAME: an OpenAI-compatible server serving it."),
     image_encoder: str = typer.Option(
-        "pixels-pca+stats", "--image-encoder", help="'pixels-pca', 'stats', 'pixels-pca+stats' (fitted on the training images), a zoo id, or 'none'."
+        "pixels-pca+stats", "--image-encoder", help="'pixels-pca', 'stats', 'pixels-pca+stats' (fitted on the training images), 'ssl' (SimCLR pretrained "
+        "on the training images only, inside the run), a zoo id, or 'none'."
     ),
+    ssl_minutes: float = typer.Option(3.0, "--ssl-minutes", help="With --image-encoder ssl: minutes per pretraining (one per validation split + one final)."),
     fusion: str = typer.Option("linear", "--fusion", help="Classifier (linear or mlp) when --no-select; otherwise chosen on validation."),
     select: bool = typer.Option(True, "--select/--no-select", help="Choose classifier settings on image-disjoint validation splits of the training images."),
     val_splits: int = typer.Option(3, "--val-splits", help="Validation splits (of the training images) averaged when selecting."),
@@ -90,7 +92,7 @@ def vqa(
     cfg = VQAConfig(
         image_encoder=None if image_encoder.lower() == "none" else image_encoder, fusion=fusion, model=model, base_url=base_url,
         generate_limit=generate_limit, test_fraction=test_fraction, n_boot=n_boot, seed=seed, device=device,
-        select_on_val=select, val_splits=val_splits,
+        select_on_val=select, val_splits=val_splits, ssl_minutes=ssl_minutes,
     )
     train_dir = _resolve_folder(train, data_dir)
     items = load_vqa_folder(train_dir)

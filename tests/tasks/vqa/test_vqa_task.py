@@ -161,3 +161,88 @@ def test_image_stats_encoder(vqa_items) -> None:
     np.testing.assert_allclose(stats.mean(0), 0, atol=1e-4)  # standardised with training statistics
     with pytest.raises(ConfigError, match="train-only"):
         train_only_features("pixels", paths, [paths])
+
+
+def test_question_featurizer_tfidf_fitted_on_training_questions() -> None:
+    from scipy import sparse
+
+    from medfm.tasks.vqa.features import QuestionFeaturizer
+
+    qf = QuestionFeaturizer("minilm+tfidf").fit(["Is there a mass?", "Is/Are there a lesion?", "What is abnormal?"])
+    x = qf.transform(["Is there a mass?", "Where is the zebra?"])
+    assert sparse.issparse(x) and x.shape[0] == 2 and x.shape[1] == 384 + len(qf.tfidf.vocabulary_)
+    assert not any("zeb" in g for g in qf.tfidf.vocabulary_)  # vocabulary from training questions only
+    assert QuestionFeaturizer("minilm").fit(["a"]).transform(["a", "b"]).shape == (2, 384)
+    with pytest.raises(ConfigError, match="question encoder"):
+        QuestionFeaturizer("bow")
+
+
+def test_tfidf_questions_with_image_features(vqa_items) -> None:
+    """The TF-IDF question representation stacks (sparse) with image and attribute features."""
+    from medfm.tasks.vqa.run import image_features
+
+    tr, te = image_disjoint_split(vqa_items, 0.25, seed=0)
+    ftr, fte, _ = image_features(tr, te, "pixels-pca", seed=0)
+    cfg = DiscriminativeConfig(question_encoder="minilm+tfidf", image_weight=1.0)
+    preds = np.array(fit_predict(tr, te, cfg, (ftr, fte)))
+    closed = np.array([i.answer_type == "CLOSED" for i in te])
+    assert np.mean(preds[closed] == np.array([i.answer.lower() for i in te])[closed]) >= 0.9
+
+
+def test_kernel_vote_by_hand() -> None:
+    from medfm.tasks.vqa.discriminative import kernel_vote
+
+    q = np.array([[1.0, 0.0]] * 4)  # one question asked about four images
+    img = np.array([[5.0, 0.0], [4.0, 1.0], [0.0, 5.0], [1.0, 4.0]])
+    y = np.array(["yes", "yes", "no", "no"], dtype=object)
+    vote = kernel_vote(q, img, y, q[:2], np.array([[4.5, 0.5], [0.5, 4.5]]), tq=0.1, ti=0.2)
+    assert vote[0] > 1.0 and vote[1] < -1.0  # the answers of the look-alike training images
+    far = kernel_vote(q, img, y, np.array([[0.0, 1.0]]), np.array([[4.5, 0.5]]), tq=0.1, ti=0.2)
+    assert abs(far[0]) < abs(vote[0])  # an unrelated question gets a weaker vote
+
+
+def test_knn_vote_carries_the_image(vqa_items) -> None:
+    """Without image columns or attributes, only the kernel vote sees the image: it must answer."""
+    from medfm.tasks.vqa.run import image_features
+
+    tr, te = image_disjoint_split(vqa_items, 0.25, seed=0)
+    ftr, fte, _ = image_features(tr, te, "pixels-pca", seed=0)
+    closed = np.array([i.answer_type == "CLOSED" for i in te])
+    truth = np.array([i.answer.lower() for i in te])
+    base = DiscriminativeConfig(image_weight=0.0, attributes=False)
+    without = np.array(fit_predict(tr, te, base, (ftr, fte)))
+    with_knn = np.array(fit_predict(tr, te, DiscriminativeConfig(image_weight=0.0, attributes=False, knn_weight=10.0), (ftr, fte)))
+    assert np.mean(with_knn[closed] == truth[closed]) >= 0.9 > np.mean(without[closed] == truth[closed])
+    assert (with_knn[~closed] == without[~closed]).all()  # open answers are left alone
+
+
+def test_ssl_encoder_pretrains_on_training_images_only(vqa_items, monkeypatch) -> None:
+    import medfm.tasks.pretrain.trainer as trainer
+    from medfm.data.vqa import load_image_gray
+    from medfm.tasks.vqa.features import _SSL_CACHE
+    from medfm.tasks.vqa.run import image_features
+
+    seen: list[np.ndarray] = []
+    real = trainer.pretrain
+
+    def spy(images, *args, **kwargs):
+        seen.append(images.copy())
+        return real(images, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "pretrain", spy)
+    _SSL_CACHE.clear()
+    tr, te = image_disjoint_split(vqa_items, 0.25, seed=1)
+    cfg = VQAConfig(image_encoder="ssl", ssl_minutes=1.0, ssl_epochs=1, ssl_image_size=16)
+    ftr, fte, _ = image_features(tr, te, "ssl", seed=0, device="cpu", cfg=cfg)
+    assert ftr.shape[0] == len(tr) and fte.shape[0] == len(te) and ftr.shape[1] == fte.shape[1] == 512
+    assert len(seen) == 1
+    train_imgs = sorted({i.image for i in tr})
+    expected = np.stack([load_image_gray(p, 16) for p in train_imgs])[:, None]
+    np.testing.assert_array_equal(seen[0], expected)  # exactly the training images, nothing else
+    test_pixels = {load_image_gray(p, 16).tobytes() for p in {i.image for i in te}}
+    assert not test_pixels & {a[0].tobytes() for a in seen[0]}
+    (_, info), = _SSL_CACHE.values()
+    assert info["images"] == [p.name for p in train_imgs] and not set(info["images"]) & {i.image_name for i in te}
+    with pytest.raises(ConfigError, match="training images only"):
+        image_features(tr, te, "ssl", seed=0, device="cpu", cfg=cfg, ssl_images=list(tr) + list(te))
+    _SSL_CACHE.clear()

