@@ -219,3 +219,12 @@ def test_splines_option_reaches_the_pipeline_and_is_checked(
     capsys.readouterr()
     assert main([*args, "--splines", "2"]) == 2
     assert "splines must be 0 (off) or 3..10 knots" in capsys.readouterr().err
+
+
+def test_interactions_flag_reaches_the_pipeline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "ia"
+    args = ["prognosis", "--dataset", "veterans", "--model", "coxnet", "--cv", "3", "--n-boot", "0", "--out", str(out)]
+    assert main([*args, "--interactions"]) == 0
+    spec, (r,) = read_results(out / "results.json")
+    assert spec["config"]["fusion"]["interactions"] is True
+    assert 0.6 < r.metrics["c_harrell"].value < 0.85

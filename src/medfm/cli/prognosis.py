@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-MODELS_HELP = "Comma-separated models: coxph, coxnet, rsf, gbsa, cgb, deepsurv, ensemble."
+MODELS_HELP = "Comma-separated models: coxph, coxnet, rsf, gbsa, cgb, deepsurv, ssvm, kssvm, ensemble."
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq")
 
 
@@ -109,6 +109,11 @@ def prognosis_command(
         "--splines",
         help="Cubic B-spline knots for continuous covariates (0: off; --tune chooses it for Cox-type models).",
     ),
+    interactions: bool = typer.Option(
+        False,
+        "--interactions",
+        help="Add standardised pairwise products of the tabular covariates (for penalised Cox, e.g. coxnet).",
+    ),
     embeddings: Path | None = typer.Option(
         None, "--embeddings", help="Image embeddings (.npy rows aligned, or .npz with embeddings+ids)."
     ),
@@ -149,7 +154,12 @@ def prognosis_command(
         inner_cv=inner_cv,
         test_size=test_size,
         fusion=FusionConfig(
-            mode=mode, combine=combine or "rank", pca_components=pca, log_skewed=log_skewed, splines=splines
+            mode=mode,
+            combine=combine or "rank",
+            pca_components=pca,
+            log_skewed=log_skewed,
+            splines=splines,
+            interactions=interactions,
         ),
     )
     if out is not None:

@@ -204,3 +204,18 @@ def test_a_model_that_cannot_be_fitted_is_recorded_as_failed_and_others_still_ru
     failed, ok = run_prognosis(table, cfg, progress=False)
     assert failed.metrics == {} and "coxph: fitting failed" in failed.extra["error"]
     assert ok.metrics["c_harrell"].value > 0.55
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_risk_only_models_report_c_and_td_auc_and_say_why_ibs_is_missing() -> None:
+    table = load_survival_dataset("veterans")
+    params = {"ensemble": {"members": ["ssvm", "coxnet"]}}
+    cfg = PrognosisConfig(models=("ssvm", "ensemble"), cv=3, n_boot=0, params=params)
+    svm, ens = run_prognosis(table, cfg, progress=False)
+    for r in (svm, ens):
+        assert r.metrics["c_harrell"].value > 0.6 and r.metrics["td_auc_mean"].value > 0.6
+        assert "ibs" not in r.metrics and "calibration_error@q50" not in r.metrics
+        assert "risk scores only" in r.extra["unavailable"]["ibs"]
+    assert "ssvm" in ens.extra["unavailable"]["ibs"]
+    (cox,) = run_prognosis(table, PrognosisConfig(models=("coxph",), cv=3, n_boot=0), progress=False)
+    assert "ibs" in cox.metrics and "unavailable" not in cox.extra

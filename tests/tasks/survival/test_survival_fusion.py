@@ -167,3 +167,43 @@ def test_fusion_config_is_checked() -> None:
     with pytest.raises(ConfigError, match="combine"):
         FusionConfig(mode="late", combine="vote")
     assert FusionConfig(mode="late", combine="stack").label() == "/late-stack"
+
+
+def test_interactions_append_standardised_products_fitted_on_training_rows() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 2, 200).astype(float)
+    X = np.column_stack([rng.normal(5, 2, 200), rng.lognormal(0, 1, 200), a, 1.0 - a])  # a * (1 - a) == 0
+    bt = BlockTransformer(["ehr"] * 4, FusionConfig(interactions=True)).fit(X)
+    Z = bt.transform(X)
+    # 4 columns + 6 pairs, less the product of the mutually exclusive indicators (constant)
+    assert Z.shape == (200, 4 + 5) and bt.out_blocks == ["ehr"] * 9
+    np.testing.assert_allclose(Z.mean(0), 0, atol=1e-10)
+    np.testing.assert_allclose(Z.std(0), 1, atol=1e-10)
+    s = (X - X.mean(0)) / X.std(0)
+    prod = s[:, 0] * s[:, 1]
+    np.testing.assert_allclose(Z[:, 4], (prod - prod.mean()) / prod.std(), atol=1e-10)
+    # new rows are transformed with the training rows' statistics, not their own
+    new = np.array([[5.0, 1.0, 1.0, 0.0], [9.0, 3.0, 0.0, 1.0]])
+    s_new = (new - X.mean(0)) / X.std(0)
+    np.testing.assert_allclose(bt.transform(new)[:, 4], (s_new[:, 0] * s_new[:, 1] - prod.mean()) / prod.std())
+    pipe = SurvivalPipeline(SurvivalSchema("t", "e", (Covariate("x"),)), "coxnet", {"interactions": True, "alpha": 0.1})
+    assert pipe.fusion.interactions and pipe.params == {"alpha": 0.1}
+
+
+def test_interactions_capture_effect_modification_in_a_penalised_cox_model() -> None:
+    rng = np.random.default_rng(2)
+    n = 400
+    x0, x1 = rng.normal(size=n), rng.normal(size=n)
+    t_ev = rng.exponential(np.exp(-1.2 * x0 * x1))  # pure interaction: no main effect to find
+    t_c = rng.exponential(2.0, n)
+    schema = SurvivalSchema("t", "e", (Covariate("x0"), Covariate("x1")))
+    table = SurvivalTable(pd.DataFrame({"x0": x0, "x1": x1}), np.minimum(t_ev, t_c), t_ev <= t_c, schema, "ia")
+    main = _cv_c(table, "coxnet", FusionConfig(), {"alpha": 0.01, "l1_ratio": 0.5})
+    inter = _cv_c(table, "coxnet", FusionConfig(), {"alpha": 0.01, "l1_ratio": 0.5, "interactions": True})
+    assert main < 0.6 < inter
+
+
+def test_interactions_of_two_exclusive_indicators_add_no_column() -> None:
+    a = np.r_[np.ones(30), np.zeros(70)]
+    bt = BlockTransformer(["ehr"] * 2, FusionConfig(interactions=True)).fit(np.column_stack([a, 1 - a]))
+    assert bt.out_blocks == ["ehr"] * 2

@@ -65,7 +65,7 @@ def test_model_learns_signal_and_gives_valid_survival(name: str, data) -> None:
 
 
 def test_model_names_and_parameter_checks() -> None:
-    assert list_models() == ["cgb", "coxnet", "coxph", "deepsurv", "ensemble", "gbsa", "rsf"]
+    assert list_models() == ["cgb", "coxnet", "coxph", "deepsurv", "ensemble", "gbsa", "kssvm", "rsf", "ssvm"]
     with pytest.raises(ConfigError, match="Did you mean 'rsf'"):
         create_model("rfs")
     with pytest.raises(ConfigError, match="n_trees"):
@@ -130,7 +130,7 @@ def test_preprocessing_keys_are_split_from_model_parameters() -> None:
     members, per = ensemble_members({"members": ["coxnet", "rsf"], "coxnet": {"splines": 4}, "log_skewed": True})
     assert members == ("coxnet", "rsf") and per == {"coxnet": {"splines": 4}, "rsf": {}}
     # every grid point builds: preprocessing keys go to the pipeline, the rest to the estimator
-    for name in ("coxph", "coxnet", "rsf", "gbsa", "cgb", "deepsurv"):
+    for name in ("coxph", "coxnet", "rsf", "gbsa", "cgb", "deepsurv", "ssvm", "kssvm"):
         grid = MODELS.get(name).grid
         assert len(grid) >= 3
         for params in grid:
@@ -141,3 +141,69 @@ def test_preprocessing_keys_are_split_from_model_parameters() -> None:
         (True, 0),
         (True, 4),
     }
+    assert split_preprocess({"interactions": True, "alpha": 0.3}) == ({"interactions": True}, {"alpha": 0.3})
+
+
+SVMS = {  # (model, params) -> a survival SVM on the real WHAS500 table
+    "ssvm": {"alpha": 2.0**-4},
+    "kssvm-clinical": {"kernel": "clinical", "alpha": 2.0**-6},
+    "kssvm-rbf": {"kernel": "rbf", "gamma": 0.05, "alpha": 2.0**-4, "max_iter": 10},
+    "ssvm-regression": {"alpha": 2.0**-4, "rank_ratio": 0.5},  # predicts survival time: risk is its negative
+}
+
+
+@pytest.fixture(scope="module")
+def whas_small():
+    """250 WHAS500 rows through medfm's encoder/scaler: 180 training, 70 test rows."""
+    from medfm.data.survival import load_survival_dataset
+    from medfm.tasks.survival.fusion import SurvivalPipeline
+
+    table = load_survival_dataset("whas500").subset(np.arange(250))
+    pipe = SurvivalPipeline(table.schema, "coxph")
+    Xtr = pipe._features(table.X.iloc[:180], fit=True)
+    return Xtr, table.y[:180], pipe._features(table.X.iloc[180:], fit=False), table.y[180:]
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("key", sorted(SVMS))
+def test_survival_svms_rank_real_patients_and_give_no_survival_function(key: str, whas_small) -> None:
+    from sksurv.metrics import concordance_index_censored
+
+    Xtr, ytr, Xte, yte = whas_small
+    m = create_model(key.split("-")[0], SVMS[key], seed=0).fit(Xtr, ytr)
+    risk = m.predict_risk(Xte)
+    assert risk.shape == (70,) and np.isfinite(risk).all()
+    c = harrell_c(yte["event"], yte["time"], risk)
+    assert c == concordance_index_censored(yte["event"], yte["time"], risk)[0]
+    assert c > 0.65  # WHAS500 covariates (age, heart failure, ...) rank mortality well
+    assert m.predict_survival(Xte, np.array([100.0, 500.0])) is None
+    if m.params["rank_ratio"] < 1:  # sksurv's prediction is a survival time: higher = later event
+        assert np.array_equal(risk, -m.estimator.predict(Xte))
+
+
+def test_clinical_kernel_uses_training_ranges(whas_small) -> None:
+    """The clinical kernel between a row and itself is 1; ranges come from the training rows only."""
+    Xtr, ytr, Xte, _ = whas_small
+    m = create_model("kssvm", {"alpha": 2.0**-6}).fit(Xtr, ytr)
+    K = m._kernel(Xtr[:5])
+    np.testing.assert_allclose(np.diag(K[:, :5]), 1.0)
+    assert K.shape == (5, 180) and (K[:, :180] <= 1.0 + 1e-12).all()
+    np.testing.assert_allclose(m._clinical._numeric_ranges, np.ptp(Xtr, axis=0))
+    with pytest.raises(ConfigError, match="kernal"):
+        create_model("kssvm", {"kernal": "rbf"})
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_kernel_svm_in_the_primal_ranks_like_sksurv_fast_kernel_survival_svm(whas_small) -> None:
+    """Same objective, solved on the exact kernel feature map: the risks rank like sksurv's dual fit."""
+    import pandas as pd
+    from scipy.stats import spearmanr
+    from sksurv.kernels import ClinicalKernelTransform
+    from sksurv.svm import FastKernelSurvivalSVM
+
+    Xtr, ytr, Xte, _ = whas_small
+    ours = create_model("kssvm", {"alpha": 2.0**-8}).fit(Xtr, ytr).predict_risk(Xte)
+    ck = ClinicalKernelTransform().fit(pd.DataFrame(Xtr))
+    ref = FastKernelSurvivalSVM(kernel="precomputed", alpha=2.0**-8, max_iter=100, random_state=0)
+    ref.fit(ck.transform(pd.DataFrame(Xtr)), ytr)
+    assert spearmanr(ours, ref.predict(ck.transform(pd.DataFrame(Xte))))[0] > 0.99

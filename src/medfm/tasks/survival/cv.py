@@ -26,7 +26,7 @@ from medfm.errors import ConfigError, InputError
 from medfm.metrics.survival import FoldPredictions, evaluation_times, fold_metrics, harrell_c, survival_metrics
 from medfm.results import Record, make_provenance
 from medfm.tasks.survival.fusion import FusionConfig, SurvivalPipeline
-from medfm.tasks.survival.models import ENSEMBLE_CANDIDATES, MODELS
+from medfm.tasks.survival.models import ENSEMBLE_CANDIDATES, MODELS, RISK_ONLY_MODELS
 
 KM_POINTS = 200  # Kaplan-Meier curves stored in Record.extra are sampled at this many times
 
@@ -255,8 +255,19 @@ def evaluate_model(
             "fold_metrics": [fold_metrics(f) for f in folds],
             "n_events": int(table.event.sum()),
             **({"inner_c": inner_c} if cfg.tune else {}),
+            **({"unavailable": _no_survival_reason(model, chosen)} if any(f.surv is None for f in folds) else {}),
         },
     )
+
+
+def _no_survival_reason(model: str, chosen: list[dict[str, Any]]) -> dict[str, str]:
+    """Why the survival-function metrics are missing: the model (or an ensemble member) gives risk
+    scores only (survival SVMs); Harrell/Uno C and td-AUC need only the risk and are reported."""
+    why = f"{model} gives risk scores only, no survival function"
+    if model == "ensemble":
+        risk_only = sorted({m for p in chosen for m in p.get("members", []) if m in RISK_ONLY_MODELS})
+        why = f"ensemble member(s) {', '.join(risk_only) or '?'} give risk scores only, no survival function"
+    return {"ibs": why, "calibration_error@q50": why}
 
 
 def run_prognosis(

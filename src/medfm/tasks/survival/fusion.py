@@ -38,13 +38,17 @@ class FusionConfig:
     (monotone, so tree models are unaffected; it helps the linear and neural Cox models);
     ``splines``: number of knots (0: off) of a cubic B-spline basis (knots at training-row quantiles,
     linear beyond the outer knots) replacing each continuous column (>= 10 distinct values) of
-    blocks no wider than ``pca_min_width``: non-linear covariate effects for Cox-type models."""
+    blocks no wider than ``pca_min_width``: non-linear covariate effects for Cox-type models;
+    ``interactions``: append the standardised pairwise products of a narrow block's standardised
+    (log-transformed, not spline-expanded) columns, products constant on the training rows or
+    collinear with one column dropped: first-order effect modification for penalised linear models."""
 
     mode: str = "early"
     combine: str = "rank"
     standardize: bool = True
     log_skewed: bool = False
     splines: int = 0
+    interactions: bool = False
     pca_components: int | None = None
     pca_min_width: int = 50
     stack_folds: int = 3
@@ -66,14 +70,15 @@ class FusionConfig:
 
 class BlockTransformer:
     """Per block: drop columns constant in the training rows, log1p skewed ones (optional),
-    spline-expand continuous ones in narrow blocks (optional), standardise, PCA when wide.
+    spline-expand continuous ones in narrow blocks (optional), standardise, append pairwise
+    products in narrow blocks (optional), PCA when wide.
     Every choice is made on the rows given to ``fit``."""
 
     def __init__(self, blocks: list[str], config: FusionConfig, seed: int = 0) -> None:
         self.blocks = list(blocks)
         self.config = config
         self.seed = seed
-        self._steps: list[tuple[str, np.ndarray, np.ndarray, Any, Any, Any]] = []
+        self._steps: list[tuple[str, np.ndarray, np.ndarray, Any, Any, Any, Any]] = []
         self.out_blocks: list[str] = []
 
     def fit(self, X: np.ndarray) -> BlockTransformer:
@@ -96,17 +101,23 @@ class BlockTransformer:
                 many = np.array([len(np.unique(Xb[:, j])) > 2 for j in range(Xb.shape[1])])
                 logm = nonneg & many & (skew(Xb, axis=0) > 1.0)
                 Xb = np.where(logm, np.log1p(np.maximum(Xb, 0)), Xb)
+            inter = None
+            if self.config.interactions and 2 <= len(cols) <= self.config.pca_min_width:
+                inter = _Interactions().fit(Xb)
             spl = None
             if self.config.splines and len(cols) <= self.config.pca_min_width:
                 spl = _SplineExpander(self.config.splines).fit(Xb)
-                Xb = spl.transform(Xb)
+            Xb_in = Xb
+            Xb = spl.transform(Xb) if spl is not None else Xb
             scaler = StandardScaler().fit(Xb) if self.config.standardize else None
             Xb = scaler.transform(Xb) if scaler is not None else Xb
+            if inter is not None:
+                Xb = np.hstack([Xb, inter.transform(Xb_in)])
             pca = None
             k = self.config.pca_components
             if k is not None and len(cols) > self.config.pca_min_width:
                 pca = PCA(n_components=min(k, len(cols), len(Xb) - 1), random_state=self.seed).fit(Xb)
-            self._steps.append((b, cols, logm, spl, scaler, pca))
+            self._steps.append((b, cols, logm, spl, scaler, inter, pca))
             self.out_blocks += [b] * (pca.n_components_ if pca is not None else Xb.shape[1])
         if not self._steps:
             raise InputError("every covariate is constant in the training rows")
@@ -114,13 +125,48 @@ class BlockTransformer:
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         parts = []
-        for _, cols, logm, spl, scaler, pca in self._steps:
+        for _, cols, logm, spl, scaler, inter, pca in self._steps:
             Xb = X[:, cols]
             Xb = np.where(logm, np.log1p(np.maximum(Xb, 0)), Xb) if logm.any() else Xb
+            Xb_in = Xb
             Xb = spl.transform(Xb) if spl is not None else Xb
             Xb = scaler.transform(Xb) if scaler is not None else Xb
+            if inter is not None:
+                Xb = np.hstack([Xb, inter.transform(Xb_in)])
             parts.append(pca.transform(Xb) if pca is not None else Xb)
         return np.hstack(parts)
+
+
+class _Interactions:
+    """Products x_i * x_j (i < j) of the columns standardised on the training rows, each product
+    standardised again on the training rows; products that are constant there or a linear function
+    of one column (e.g. of two mutually exclusive indicators) add nothing and are dropped."""
+
+    def fit(self, X: np.ndarray) -> _Interactions:
+        from sklearn.preprocessing import StandardScaler
+
+        self._base = StandardScaler().fit(X)
+        Z = self._base.transform(X)
+        i, j = np.triu_indices(X.shape[1], k=1)
+        P = self._products(Z, i, j)
+        sd = P.std(axis=0)
+        keep = sd > 1e-12
+        if keep.any():
+            Zs = Z / np.where(Z.std(axis=0) > 0, Z.std(axis=0), 1.0)
+            corr = ((P[:, keep] - P[:, keep].mean(0)) / sd[keep]).T @ Zs / len(Z)  # (kept products, columns)
+            keep[np.flatnonzero(keep)] = np.abs(corr).max(axis=1) < 1.0 - 1e-8
+        self._i, self._j = i[keep], j[keep]
+        self._scale = StandardScaler().fit(P[:, keep]) if keep.any() else None
+        return self
+
+    @staticmethod
+    def _products(Z: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        return Z[:, i] * Z[:, j]
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        if self._scale is None:
+            return np.empty((len(X), 0))
+        return self._scale.transform(self._products(self._base.transform(X), self._i, self._j))
 
 
 class _SplineExpander:
@@ -184,6 +230,8 @@ class SurvivalPipeline:
             self.fusion = replace(self.fusion, log_skewed=bool(pre["log_skewed"]))
         if "splines" in pre:
             self.fusion = replace(self.fusion, splines=int(pre["splines"]))
+        if "interactions" in pre:
+            self.fusion = replace(self.fusion, interactions=bool(pre["interactions"]))
         # an ensemble is one sub-pipeline per member, so each member keeps its own preprocessing
         self.members: list[SurvivalPipeline] = []
         if model == "ensemble":
