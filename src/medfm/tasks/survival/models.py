@@ -436,7 +436,7 @@ def _ensemble(params: dict[str, Any], seed: int) -> SurvivalModel:
 # cgb's extra point 0.3 x 1000 steps is as much shrinkage x steps as 3000 steps at 0.1, at 1/3 the cost.
 # Pairwise interactions (``interactions``) are an option (--interactions), not a grid dimension:
 # in coxnet's grid (x log_skewed x l1_ratio x alpha 0.1-1) inner CV never chose them on WHAS500 and
-# chose them in one GBSG2 fold, where outer C fell (coxnet 0.702 -> 0.689; issue #5, /tmp/prog6).
+# chose them in one GBSG2 fold, where outer C fell (coxnet 0.702 -> 0.689; issue #5).
 _PRE = tuple({"log_skewed": lg, "splines": k} for lg in (False, True) for k in (0, 4))
 MODELS.register(
     "coxph",
