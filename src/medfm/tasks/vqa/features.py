@@ -203,7 +203,7 @@ def ssl_encoder(
 
     Only these images are read, so a test image can never reach the encoder. Memoised per
     (images, settings), so validation and the final fit of one run share one pretraining.
-    ``info`` records what was done (image names and their sha256, epochs, seconds)."""
+    ``info`` records what was done (image names and a sha256 of the name list, epochs, seconds)."""
     import hashlib
     import tempfile
 
@@ -225,7 +225,7 @@ def ssl_encoder(
     res = pretrain(images, cfg, out, model_id="vqa/ssl-simclr-resnet18", source=f"{len(paths)} VQA training images", device=device, show_progress=False)
     info = {
         "method": "simclr", "arch": "resnet18", "image_size": image_size, "n_images": len(paths), "images": names,
-        "images_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest(), "epochs_done": res.epochs_done,
+        "image_names_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest(), "epochs_done": res.epochs_done,
         "seconds": round(res.seconds, 1), "stopped": res.stopped, "final_loss": round(res.losses[-1], 4),
     }
     _SSL_CACHE[key] = (res.folder, info)
