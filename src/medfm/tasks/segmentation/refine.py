@@ -57,24 +57,32 @@ def crop_array(array: np.ndarray, box: tuple[int, int, int, int], fill: float | 
     """(C, H, W) or (H, W) -> the box's content; parts outside the image take ``fill`` (default:
     the array's minimum, the background of ultrasound and most scans)."""
     y0, y1, x0, x1 = box
-    h, w = array.shape[-2:]
     out = np.full((*array.shape[:-2], y1 - y0, x1 - x0), array.min() if fill is None else fill, dtype=array.dtype)
-    sy0, sy1, sx0, sx1 = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
-    if sy0 < sy1 and sx0 < sx1:
-        out[..., sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = array[..., sy0:sy1, sx0:sx1]
+    inside = _inside(box, array.shape[-2:])
+    if inside is not None:
+        img, crop = inside
+        out[(..., *crop)] = array[(..., *img)]
     return out
+
+
+def _inside(box: tuple[int, int, int, int], shape: tuple[int, ...]) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
+    """The part of ``box`` inside an image of ``shape`` (H, W), as (image slices, crop slices); None if none."""
+    y0, y1, x0, x1 = box
+    sy0, sy1, sx0, sx1 = max(y0, 0), min(y1, shape[0]), max(x0, 0), min(x1, shape[1])
+    if sy0 >= sy1 or sx0 >= sx1:
+        return None
+    return (slice(sy0, sy1), slice(sx0, sx1)), (slice(sy0 - y0, sy1 - y0), slice(sx0 - x0, sx1 - x0))
 
 
 def paste_probabilities(prob: np.ndarray, crop_prob: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     """Whole-frame (K+1, H, W) probabilities with the refined crop written into its box and
     background everywhere else (one object per image: what lies outside its box is not it)."""
-    y0, y1, x0, x1 = box
-    h, w = prob.shape[-2:]
     out = np.zeros_like(prob)
     out[0] = 1.0
-    sy0, sy1, sx0, sx1 = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
-    if sy0 < sy1 and sx0 < sx1:
-        out[:, sy0:sy1, sx0:sx1] = crop_prob[:, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
+    inside = _inside(box, prob.shape[-2:])
+    if inside is not None:
+        img, crop = inside
+        out[(slice(None), *img)] = crop_prob[(slice(None), *crop)]
     return out
 
 
