@@ -216,8 +216,8 @@ def fit_predict(
     emb_tr = q_all[[index[it.question] for it in train]]
     emb_te = q_all[[index[it.question] for it in test]]
     qf = QuestionFeaturizer(cfg.question_encoder, cfg.tfidf_weight).fit([it.question for it in train])
-    xtr = emb_tr if qf.tfidf is None else qf.transform([it.question for it in train])
-    xte = emb_te if qf.tfidf is None else qf.transform([it.question for it in test])
+    xtr = qf.transform([it.question for it in train], emb_tr)
+    xte = qf.transform([it.question for it in test], emb_te)
     if image_features is not None:
         itr, ite = image_features
         mu, sd = itr.mean(0), itr.std(0) + 1e-6  # standardised with training statistics

@@ -100,9 +100,10 @@ class QuestionFeaturizer:
             self.tfidf.fit(questions)
         return self
 
-    def transform(self, questions: list[str]) -> Any:
-        """(N, D): a dense array for ``minilm``, a scipy CSR matrix with TF-IDF."""
-        emb = encode_questions(list(questions))
+    def transform(self, questions: list[str], embeddings: np.ndarray | None = None) -> Any:
+        """(N, D): a dense array for ``minilm``, a scipy CSR matrix with TF-IDF. ``embeddings``:
+        the questions' MiniLM rows when the caller has them already (not encoded again)."""
+        emb = encode_questions(list(questions)) if embeddings is None else embeddings
         if self.tfidf is None:
             return emb
         from scipy import sparse
