@@ -62,6 +62,45 @@ def test_crop_samples_keep_the_object_inside_with_jittered_margins() -> None:
     assert va.mask.array.shape[-1] == round(INFER_MARGIN * 30)
 
 
+def _square_prob(h: int, w: int, frac: float) -> np.ndarray:
+    """(2, h, w) probabilities of a centred square object whose side is ``frac`` of the shorter side."""
+    p = np.zeros((2, h, w), np.float32)
+    p[0] = 1
+    side = max(1, int(round(frac * min(h, w))))
+    y0, x0 = (h - side) // 2, (w - side) // 2
+    p[:, y0:y0 + side, x0:x0 + side] = np.array([0.0, 1.0], np.float32)[:, None, None]
+    return p
+
+
+@pytest.mark.parametrize("frac, kept_passes", [(0.7, 2), (0.9, 1)])
+def test_a_later_pass_that_grows_the_object_is_not_kept(frac: float, kept_passes: int) -> None:
+    """A refiner that tightens the object keeps refining; one that fills most of every crop (a leak:
+    each wider crop shows more) grows the object each pass, and its second pass is dropped."""
+    from types import SimpleNamespace
+
+    from medfm.tasks.segmentation.model import TrainedSegmenter
+    from medfm.tasks.segmentation.refine import MAX_PASS_GROWTH
+
+    calls = []
+
+    def refine_crop(crop: np.ndarray, flips) -> np.ndarray:
+        calls.append(crop.shape[-2:])
+        return _square_prob(*crop.shape[-2:], frac)
+
+    refiner = SimpleNamespace(info=SimpleNamespace(input_size=(32, 32), net=None), frame_probabilities=refine_crop)
+    seg = SimpleNamespace(info=SimpleNamespace(refine_margin=INFER_MARGIN, refine_passes=2, tta_flips=()),
+                          refiner=refiner, frame_probabilities=lambda a: _square_prob(200, 200, 0.2))
+    areas = []
+    for passes in (1, 2):
+        seg.info.refine_passes = passes
+        areas.append(int((TrainedSegmenter.probabilities(seg, np.zeros((1, 200, 200), np.float32)).argmax(0) > 0).sum()))
+    assert len(calls) == 3  # both passes ran
+    if kept_passes == 2:
+        assert areas[1] < areas[0]  # tightened: the second pass is the output
+    else:
+        assert areas[1] == areas[0] and (0.9 * INFER_MARGIN) ** 2 > MAX_PASS_GROWTH  # grown: the first pass stays
+
+
 def _blobs(n: int, seed: int) -> list[Sample]:
     rng = np.random.default_rng(seed)
     out = []

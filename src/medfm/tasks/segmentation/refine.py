@@ -7,6 +7,9 @@ size varies a lot between images, such as a fetal head from the first to the thi
 small heads get more pixels and far-away look-alikes are out of the crop.
 
 At inference the crop is refined in passes: each pass crops around the previous pass's object.
+A pass after the first may tighten the boundary but not grow the object by more than
+MAX_PASS_GROWTH in area: growth means it follows a leak into tissue beside the object (each
+wider crop shows more of it), so the previous pass is kept and refinement stops.
 
 ``object_box`` gives the (margined, aspect-fixed) box around a mask's largest region;
 ``crop_array`` cuts it out, padding outside the image; ``crop_samples`` makes the refiner's
@@ -33,6 +36,7 @@ REFINE_DIR = "refine"
 MARGIN_RANGE = (1.15, 3.0)
 INFER_MARGIN = 1.375
 SHIFT = 0.08
+MAX_PASS_GROWTH = 1.15  # area ratio; a set rule, not tuned on data
 
 
 def object_box(mask: np.ndarray, margin: float, aspect: float, shift: tuple[float, float] = (0.0, 0.0)) -> tuple[int, int, int, int] | None:
