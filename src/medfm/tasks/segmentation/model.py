@@ -254,16 +254,17 @@ class TrainedSegmenter:
         from medfm.tasks.segmentation.refine import MAX_PASS_GROWTH, crop_array, object_box, paste_probabilities
 
         r_in = self.refiner.info.input_size or self.refiner.info.net.patch_size
+        fg = prob.argmax(axis=0) > 0
         for k in range(max(1, self.info.refine_passes)):
-            fg = prob.argmax(axis=0) > 0
             box = object_box(fg, self.info.refine_margin, r_in[0] / r_in[1])
             if box is None:  # nothing found: nothing (more) to refine
                 break
             crop_prob = self.refiner.frame_probabilities(crop_array(np.asarray(array), box), self.info.tta_flips)
             new = paste_probabilities(prob, crop_prob, box)
-            if k > 0 and np.count_nonzero(new.argmax(axis=0) > 0) > MAX_PASS_GROWTH * np.count_nonzero(fg):
+            new_fg = new.argmax(axis=0) > 0
+            if k > 0 and np.count_nonzero(new_fg) > MAX_PASS_GROWTH * np.count_nonzero(fg):
                 break  # a later pass that grows the object follows a leak: keep the previous pass (refine.py)
-            prob = new
+            prob, fg = new, new_fg
         return prob
 
     def frame_probabilities(self, array: np.ndarray, tta_flips: tuple[int, ...] | None = None) -> np.ndarray:
