@@ -184,6 +184,37 @@ def test_train_seg_cli_then_segment(tmp_path, capsys) -> None:
     assert (out / "model.safetensors").read_bytes() == before  # evaluation only: weights untouched
 
 
+@pytest.mark.slow
+def test_seg_ensemble_cli_evaluates_and_segments(tmp_path, capsys) -> None:
+    data = _seg_folder(tmp_path / "data")
+    members = []
+    for seed in ("0", "1"):
+        m = tmp_path / f"m{seed}"
+        rc, _, err = _run(capsys, "train-seg", "--folder", str(data), "--arch", "unet3d", "--max-steps", "2",
+                          "--patch", "8,8,8", "--channels", "4,8", "--batch-size", "1", "--samples", "1",
+                          "--n-boot", "20", "--seed", seed, "--out", str(m))
+        assert rc == 0, err
+        members.append(str(m))
+    ens = tmp_path / "ens"
+    rc, so, err = _run(capsys, "seg-ensemble", *members, "--folder", str(data), "--n-boot", "20", "--out", str(ens), "--json")
+    assert rc == 0, err
+    doc = json.loads(so)
+    assert doc["test"]["mean"]["dice"]["n"] > 0 and len(doc["members_val_dice"]) == 2
+    rec = json.loads((ens / "results.json").read_text())["records"][0]
+    assert rec["protocol"] == "seg-ensemble" and rec["provenance"]["weights_hash"]
+    img = data / "imagesTr" / "case_001.nii.gz"
+    rc, so, err = _run(capsys, "segment", "--model", str(ens), "--input", str(img), "--out", str(tmp_path / "seg"), "--json")
+    assert rc == 0, err
+    assert read_nifti(json.loads(so)[0]["mask"]).spatial_shape == read_nifti(img).spatial_shape
+    # refused with one line: a member twice, --out inside a member, a folder that is no model
+    rc, _, err = _run(capsys, "seg-ensemble", members[0], members[0], "--folder", str(data), "--out", str(tmp_path / "e2"))
+    assert rc == 2 and "twice" in err
+    rc, _, err = _run(capsys, "seg-ensemble", *members, "--folder", str(data), "--out", str(Path(members[0]) / "e"), "--force")
+    assert rc == 2 and "member folder" in err
+    rc, _, err = _run(capsys, "seg-ensemble", members[0], str(data), "--folder", str(data), "--out", str(tmp_path / "e3"))
+    assert rc == 2 and "not a trained model folder" in err and len(err.strip().splitlines()) == 1
+
+
 def test_seg_eval_png_masks_note_missing_spacing(tmp_path, capsys) -> None:
     from PIL import Image as PILImage
 

@@ -1,4 +1,4 @@
-"""``medfm segment``, ``medfm train-seg``, ``medfm seg-eval``: segmentation from the command line."""
+"""``medfm segment``, ``medfm train-seg``, ``medfm seg-ensemble``, ``medfm seg-eval``: segmentation from the command line."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ def register(app: typer.Typer) -> None:
     app.command("segment")(segment_command)
     app.command("train-seg")(train_seg_command)
     app.command("seg-eval")(seg_eval_command)
+    app.command("seg-ensemble")(seg_ensemble_command)
 
 
 def segment_command(
@@ -133,16 +134,69 @@ def train_seg_command(
         print_json(doc)
         return
     out_console.print(f"model: {res.out} (best val Dice {res.best_val_dice}, {res.epochs} epochs, {res.minutes:.1f} min, {res.cpu_minutes:.1f} CPU min)")
-    for group, vals in res.test.items():
+    _print_test(res.test, res.hc18)
+
+
+def _print_test(test: dict, hc18: dict) -> None:
+    """The test split's Dice / HD95 / NSD per label group, and HC18's head circumference."""
+    from medfm.cli._common import out_console
+
+    for group, vals in test.items():
         d = vals["dice"]
         out_console.print(f"test {group}: Dice {d['mean']:.4f} [{d['ci_low']:.4f}, {d['ci_high']:.4f}], "
                           f"HD95 {vals['hd95_mm']['mean']:.2f} mm, NSD {vals['nsd']['mean']:.4f} (n={d['n']})")
-    if res.hc18:
-        m = res.hc18["hc_mad_mm"]
-        e = res.hc18["dice_ellipse_fit"]
+    if hc18:
+        m = hc18["hc_mad_mm"]
+        e = hc18["dice_ellipse_fit"]
         out_console.print(f"test HC MAD {m['mean']:.2f} mm [{m['ci_low']:.2f}, {m['ci_high']:.2f}] "
-                          f"(mask offset {res.hc18['offset_px_from_train']['offset_px']:.2f} px from train); "
+                          f"(mask offset {hc18['offset_px_from_train']['offset_px']:.2f} px from train); "
                           f"Dice of the fitted ellipse {e['mean']:.4f} [{e['ci_low']:.4f}, {e['ci_high']:.4f}]")
+
+
+def seg_ensemble_command(
+    models: list[Path] = typer.Argument(..., help="Two or more folders written by train-seg on the same dataset."),
+    dataset: str = typer.Option(None, "--dataset", "-d", help="Registered dataset the members were trained on."),
+    folder: Path = typer.Option(None, "--folder", help="A user folder of image/mask pairs the members were trained on."),
+    select_inference: bool = typer.Option(True, "--select-inference/--no-select-inference",
+                                          help="Choose the ensemble's post-processing on the val split."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast where fast), bf16 or fp32."),
+    tolerance_mm: float = typer.Option(1.0, "--tolerance-mm", help="NSD tolerance in mm for the test evaluation."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for CIs."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: the ensemble (a model folder) + results.json."),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty --out."),
+    data_dir: Path = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    device: str = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+) -> None:
+    """Average trained models (e.g. train-seg runs with other seeds) into one, as nnU-Net ensembles
+    its folds; choose its post-processing on val and report test. `medfm segment --model OUT` uses it."""
+    from medfm._paths import prepare_out_dir
+    from medfm._runtime import configure_threads, default_device
+    from medfm.cli._common import out_console, print_json
+    from medfm.tasks.segmentation.pipeline import ensemble_and_evaluate, nan_to_none
+
+    if (dataset is None) == (folder is None):
+        raise ConfigError("give exactly one of --dataset NAME or --folder DIR (the data the members were trained on)")
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"--precision must be auto, bf16 or fp32, got '{precision}'")
+    out_dir = out.expanduser().resolve()
+    for m in (Path(m).expanduser().resolve() for m in models):
+        if out_dir == m or m in out_dir.parents or out_dir in m.parents:
+            raise ConfigError(f"--out {out}: is a member folder, inside one or holds one ({m}); choose a new folder")
+    configure_threads()
+    out_dir = prepare_out_dir(out, force=force)
+    res = ensemble_and_evaluate(models, dataset if dataset is not None else folder, out_dir, data_dir=data_dir,
+                                select=select_inference, seed=seed, precision=precision,
+                                device=device or default_device(), tolerance_mm=tolerance_mm, n_boot=n_boot)
+    doc = nan_to_none({"out": str(res.out), "val_dice": res.val_dice, "members_val_dice": res.members_val_dice,
+                       "postprocess": res.postprocess, "test": res.test, "hc18": res.hc18})
+    if json_out:
+        print_json(doc)
+        return
+    vd = "n/a" if res.val_dice is None else f"{res.val_dice:.4f}"
+    out_console.print(f"ensemble of {len(models)}: {res.out} (val Dice {vd}; post-processing {res.postprocess})")
+    _print_test(res.test, res.hc18)
 
 
 def seg_eval_command(

@@ -3,7 +3,8 @@
 A saved model is a folder with ``model.safetensors`` (the selected weights), ``model_card.json``
 (a ``ModelCard`` whose ``config`` holds everything inference needs: architecture, labels, patch
 size, intensity normalisation, input size) and the training files (``last.safetensors``,
-``train_state.pt``, ``history.json``). ``load_trained(folder)`` rebuilds it for ``medfm segment``.
+``train_state.pt``, ``history.json``). ``TrainedSegmenter.load(folder)`` rebuilds it for ``medfm segment``;
+``medfm.tasks.segmentation.ensemble`` averages several of them.
 
 Arrays follow ``medfm.io.image.Image``: (C, Z, Y, X) or (C, Y, X); label maps hold the original
 label values (e.g. 0, 1, 2), the network works on class indices 0..K (0 = background).
@@ -170,8 +171,10 @@ def load_weights(module: torch.nn.Module, path: Path) -> None:
         raise InputError(f"{path}: unexpected weights {unexpected[:3]} for this architecture")
 
 
-def write_card(folder: Path, info: SegModelInfo, name: str, weights_hash: str | None = None) -> Path:
-    """Write ``model_card.json`` describing the trained model."""
+def write_card(folder: Path, info: SegModelInfo, name: str, weights_hash: str | None = None,
+               extra_config: dict[str, Any] | None = None, description: str | None = None) -> Path:
+    """Write ``model_card.json`` describing the trained model (``extra_config``: more keys of its
+    ``config``, such as an ensemble's members)."""
     from medfm._config import to_dict
     from medfm._paths import atomic_write_text
     from medfm.models.card import ModelCard
@@ -183,8 +186,8 @@ def write_card(folder: Path, info: SegModelInfo, name: str, weights_hash: str | 
         license="same terms as its training data",
         capabilities=frozenset({"segmenter"}),
         arch=info.net.arch,
-        config={"segmentation": to_dict(info), "weights_sha256": weights_hash},
-        description=f"{info.net.arch} trained by medfm train-seg on {info.dataset or 'a folder'}",
+        config={"segmentation": to_dict(info), "weights_sha256": weights_hash, **(extra_config or {})},
+        description=description or f"{info.net.arch} trained by medfm train-seg on {info.dataset or 'a folder'}",
     )
     path = folder / CARD_FILE
     atomic_write_text(path, json.dumps(to_dict(card), indent=2))
@@ -195,11 +198,9 @@ def read_info(folder: Path) -> SegModelInfo:
     from medfm._config import from_dict
 
     path = folder / CARD_FILE
-    try:
-        doc = json.loads(path.read_text())
-        seg = doc["config"]["segmentation"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{path}: not a medfm trained segmentation model card ({exc})") from exc
+    seg = read_card_config(folder).get("segmentation")
+    if not isinstance(seg, dict):
+        raise InputError(f"{path}: not a medfm trained segmentation model card (no config.segmentation)")
     info = from_dict(SegModelInfo, seg, where=str(path))
     info.net.patch_size = tuple(int(s) for s in info.net.patch_size)
     info.labels = tuple(int(v) for v in info.labels)
@@ -210,15 +211,60 @@ def read_info(folder: Path) -> SegModelInfo:
     return info
 
 
-def is_trained_model_dir(path: str | Path) -> bool:
+def read_card_config(folder: Path) -> dict[str, Any]:
+    """The ``config`` of a trained model's card (InputError naming the file when unreadable)."""
+    path = Path(folder) / CARD_FILE
+    try:
+        doc = json.loads(path.read_text())
+        return dict(doc["config"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: not a medfm trained segmentation model card ({exc})") from exc
+
+
+def is_ensemble_dir(path: str | Path) -> bool:
+    """A folder written by ``medfm seg-ensemble`` (its card lists members, it has no weights of its own)."""
     p = Path(path)
-    return p.is_dir() and (p / CARD_FILE).is_file() and (p / WEIGHTS_FILE).is_file()
+    if not (p.is_dir() and (p / CARD_FILE).is_file()):
+        return False
+    try:
+        return "ensemble" in json.loads((p / CARD_FILE).read_text()).get("config", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def is_trained_model_dir(path: str | Path) -> bool:
+    """A folder written by ``train-seg`` (card + weights) or by ``seg-ensemble``."""
+    p = Path(path)
+    return (p.is_dir() and (p / CARD_FILE).is_file() and (p / WEIGHTS_FILE).is_file()) or is_ensemble_dir(p)
 
 
 # -- inference -------------------------------------------------------------------------------
 
 
-class TrainedSegmenter:
+class Segmenter:
+    """Whole-image label prediction from ``probabilities``: the card's post-processing, then the
+    original label values. Subclasses: one trained network, or an ensemble of them."""
+
+    info: SegModelInfo
+
+    def probabilities(self, array: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def predict_array(self, array: np.ndarray) -> np.ndarray:
+        """(C, *spatial) -> label map (*spatial) with the original label values (uint8/uint16)."""
+        idx = postprocess_labels(self.probabilities(array).argmax(axis=0), self.info.postprocess,
+                                 len(self.info.labels))
+        lut = np.array((0, *self.info.labels))
+        out = lut[idx]
+        return out.astype(np.uint8 if lut.max() < 256 else np.uint16)
+
+    def predict(self, image: Image) -> Image:
+        """Label-map Image (1, *spatial) on the input's geometry."""
+        labels = self.predict_array(image.array)
+        return image.with_array(labels[None], modality="SEG", meta={**image.meta, "labels": list(self.info.labels)})
+
+
+class TrainedSegmenter(Segmenter):
     """A trained network ready for inference on whole images (sliding window)."""
 
     def __init__(self, net: torch.nn.Module, info: SegModelInfo, device: str = "cpu", precision: str = "auto",
@@ -232,6 +278,8 @@ class TrainedSegmenter:
     @classmethod
     def load(cls, folder: str | Path, device: str = "cpu", precision: str = "auto") -> TrainedSegmenter:
         folder = Path(folder)
+        if is_ensemble_dir(folder):
+            raise InputError(f"{folder}: an ensemble written by medfm seg-ensemble, not a single trained model")
         if not is_trained_model_dir(folder):
             raise InputError(f"{folder}: not a trained model folder (needs {CARD_FILE} and {WEIGHTS_FILE})")
         info = read_info(folder)
@@ -308,18 +356,6 @@ class TrainedSegmenter:
             prob = F.interpolate(prob, size=tuple(src_size), mode="bilinear" if nd == 2 else "trilinear", align_corners=False)
         return prob[0].cpu().numpy()
 
-    def predict_array(self, array: np.ndarray) -> np.ndarray:
-        """(C, *spatial) -> label map (*spatial) with the original label values (uint8/uint16)."""
-        idx = postprocess_labels(self.probabilities(array).argmax(axis=0), self.info.postprocess,
-                                 len(self.info.labels))
-        lut = np.array((0, *self.info.labels))
-        out = lut[idx]
-        return out.astype(np.uint8 if lut.max() < 256 else np.uint16)
-
-    def predict(self, image: Image) -> Image:
-        """Label-map Image (1, *spatial) on the input's geometry."""
-        labels = self.predict_array(image.array)
-        return image.with_array(labels[None], modality="SEG", meta={**image.meta, "labels": list(self.info.labels)})
 
 
 def postprocess_labels(idx: np.ndarray, method: str, num_labels: int) -> np.ndarray:

@@ -3,7 +3,8 @@
 ``train_and_evaluate``: train on a dataset's train split (model selection on val), then evaluate
 the selected model once on the test split (per-case CSV, results.json with bootstrap CIs; for
 HC18 also head circumference in mm, with the mask offset estimated on the train split).
-``segment_inputs``: a trained model folder or a zoo segmenter (box / point prompt, 3D
+``ensemble_and_evaluate``: the same test evaluation for an ensemble of trained models (seg-ensemble).
+``segment_inputs``: a trained model folder (or ensemble) or a zoo segmenter (box / point prompt, 3D
 propagation) on a file, a folder of files or a DICOM series; writes NIfTI masks on the source
 geometry, PNG overlays and, for DICOM series, a DICOM-SEG referencing the source.
 """
@@ -23,7 +24,7 @@ import numpy as np
 from medfm.errors import ConfigError, InputError
 from medfm.io.image import Image
 from medfm.tasks.segmentation.evaluate import SegEvalResult, evaluate_pairs, to_records, write_case_csv
-from medfm.tasks.segmentation.model import TrainedSegmenter, is_trained_model_dir
+from medfm.tasks.segmentation.model import Segmenter, TrainedSegmenter, is_trained_model_dir
 from medfm.tasks.segmentation.train import SegTrainConfig, infer_labels, train_segmentation
 
 # Per-dataset defaults (chosen on the val split / from the data geometry, never on test).
@@ -54,7 +55,7 @@ class TrainRunResult:
 
 
 def evaluate_samples(
-    segmenter: TrainedSegmenter, samples: Sequence[Any], tolerance_mm: float = 1.0, n_boot: int = 1000, seed: int = 0
+    segmenter: Segmenter, samples: Sequence[Any], tolerance_mm: float = 1.0, n_boot: int = 1000, seed: int = 0
 ) -> tuple[SegEvalResult, list[np.ndarray]]:
     """Predict every sample at its native geometry and evaluate against its mask."""
     preds: list[np.ndarray] = []
@@ -85,8 +86,6 @@ def train_and_evaluate(
     ``eval_only``: skip training and evaluate the model already saved in ``out``.
     """
     from medfm.data import load_dataset
-    from medfm.metrics.segmentation import summarize
-    from medfm.results import MetricValue, write_results
     from medfm.tasks.segmentation.model import read_info
     from medfm.tasks.segmentation.train import SegTrainResult
 
@@ -115,37 +114,87 @@ def train_and_evaluate(
         config.dataset = card.name
         tr = train_segmentation(train, val, config, out, resume=resume, device=device)
     segmenter = TrainedSegmenter.load(out, device=device, precision=config.precision)
-    result: dict[str, Any] = {}
-    records = []
-    hc: dict[str, Any] = {}
-    if test:
-        ev, preds = evaluate_samples(segmenter, test, tolerance_mm, n_boot, config.seed)
-        write_case_csv(ev.rows, out / "test_cases.csv")
-        result = {k: v for k, v in ev.summary.items()}
-        weights = json.loads((out / "model_card.json").read_text())["config"].get("weights_sha256")
-        rec = to_records(ev, card.name, "test", f"trained/{card.name}-{config.arch}", "train-seg", config,
-                         data_checksum=ds.checksum(), weights_hash=weights, seconds=time.perf_counter() - t0, seed=config.seed)[0]
-        if card.name == "hc18":
-            from medfm.tasks.segmentation.hc18 import ellipse_dice_rows, estimate_mask_offset, hc_rows
-
-            off = estimate_mask_offset(train)
-            rows = hc_rows(preds, test, off["offset_px"])
-            raw = hc_rows(preds, test, 0.0)
-            mad = summarize([r["hc_abs_diff_mm"] for r in rows], n_boot=n_boot, seed=config.seed)
-            mad_raw = summarize([r["hc_abs_diff_mm"] for r in raw], n_boot=n_boot, seed=config.seed)
-            edice = summarize([r["dice"] for r in ellipse_dice_rows(preds, test)], n_boot=n_boot, seed=config.seed)
-            hc = {"offset_px_from_train": off, "hc_mad_mm": mad, "hc_mad_mm_uncorrected": mad_raw,
-                  "mean_signed_diff_mm": float(np.nanmean([r["hc_diff_mm"] for r in rows])),
-                  "dice_ellipse_fit": edice}
-            rec.metrics["hc_mad_mm"] = MetricValue(mad["mean"], mad["ci_low"], mad["ci_high"])
-            rec.metrics["dice_ellipse_fit"] = MetricValue(edice["mean"], edice["ci_low"], edice["ci_high"])
-            rec.extra["hc18"] = hc
-            _write_rows(rows, out / "test_hc.csv")
-        rec.extra["train"] = {"best_val_dice": tr.best_val_dice, "best_epoch": tr.best_epoch, "epochs": tr.epochs,
-                              "steps": tr.steps, "minutes": tr.seconds / 60, "cpu_minutes": tr.cpu_seconds / 60}
-        records.append(rec)
-        write_results(out / "results.json", records, config)
+    train_extra = {"best_val_dice": tr.best_val_dice, "best_epoch": tr.best_epoch, "epochs": tr.epochs,
+                   "steps": tr.steps, "minutes": tr.seconds / 60, "cpu_minutes": tr.cpu_seconds / 60}
+    result, hc = evaluate_test(segmenter, ds, train, test, config, out, f"trained/{card.name}-{config.arch}", "train-seg",
+                               tolerance_mm, n_boot, config.seed, time.perf_counter() - t0, {"train": train_extra})
     return TrainRunResult(out, tr.best_val_dice, result, tr.seconds / 60, tr.epochs, tr.steps, hc, tr.cpu_seconds / 60)
+
+
+def evaluate_test(segmenter: Any, ds: Any, train: Sequence[Any], test: Sequence[Any], config: Any, out: Path,
+                  model_name: str, protocol: str, tolerance_mm: float, n_boot: int, seed: int, seconds: float,
+                  extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Evaluate once on the test split: ``test_cases.csv`` and ``results.json`` in ``out`` (for HC18
+    also the head circumference with the mask offset estimated on ``train``, ``test_hc.csv``).
+    Returns (summary per label group, HC18 summary or {}); nothing is written without a test split."""
+    from medfm.metrics.segmentation import summarize
+    from medfm.results import MetricValue, write_results
+
+    if not test:
+        return {}, {}
+    card = ds.card
+    ev, preds = evaluate_samples(segmenter, test, tolerance_mm, n_boot, seed)
+    write_case_csv(ev.rows, out / "test_cases.csv")
+    weights = json.loads((out / "model_card.json").read_text())["config"].get("weights_sha256")
+    rec = to_records(ev, card.name, "test", model_name, protocol, config, data_checksum=ds.checksum(),
+                     weights_hash=weights, seconds=seconds, seed=seed)[0]
+    hc: dict[str, Any] = {}
+    if card.name == "hc18":
+        from medfm.tasks.segmentation.hc18 import ellipse_dice_rows, estimate_mask_offset, hc_rows
+
+        off = estimate_mask_offset(train)
+        rows = hc_rows(preds, test, off["offset_px"])
+        raw = hc_rows(preds, test, 0.0)
+        mad = summarize([r["hc_abs_diff_mm"] for r in rows], n_boot=n_boot, seed=seed)
+        mad_raw = summarize([r["hc_abs_diff_mm"] for r in raw], n_boot=n_boot, seed=seed)
+        edice = summarize([r["dice"] for r in ellipse_dice_rows(preds, test)], n_boot=n_boot, seed=seed)
+        hc = {"offset_px_from_train": off, "hc_mad_mm": mad, "hc_mad_mm_uncorrected": mad_raw,
+              "mean_signed_diff_mm": float(np.nanmean([r["hc_diff_mm"] for r in rows])),
+              "dice_ellipse_fit": edice}
+        rec.metrics["hc_mad_mm"] = MetricValue(mad["mean"], mad["ci_low"], mad["ci_high"])
+        rec.metrics["dice_ellipse_fit"] = MetricValue(edice["mean"], edice["ci_low"], edice["ci_high"])
+        rec.extra["hc18"] = hc
+        _write_rows(rows, out / "test_hc.csv")
+    rec.extra.update(extra)
+    write_results(out / "results.json", [rec], config)
+    return dict(ev.summary), hc
+
+
+@dataclass
+class EnsembleRunResult:
+    out: Path
+    val_dice: float | None
+    members_val_dice: list[float | None]
+    test: dict[str, Any]
+    hc18: dict[str, Any] = field(default_factory=dict)
+    postprocess: str = "none"
+
+
+def ensemble_and_evaluate(folders: Sequence[str | Path], dataset: str | Path, out: Path, data_dir: str | Path | None = None,
+                          select: bool = True, seed: int = 0, precision: str = "auto", device: str = "cpu",
+                          tolerance_mm: float = 1.0, n_boot: int = 1000) -> EnsembleRunResult:
+    """``medfm seg-ensemble``: combine trained models of one dataset (post-processing chosen on its
+    val split), then evaluate the ensemble once on its test split, as ``train-seg`` does."""
+    from medfm.data import load_dataset
+    from medfm.tasks.segmentation.ensemble import SegEnsembleConfig, build_ensemble
+
+    ds = load_dataset(dataset, data_dir)
+    card = ds.card
+    if card.task != "segmentation":
+        raise ConfigError(f"dataset {card.name} is a {card.task} dataset; seg-ensemble needs segmentation masks")
+    t0 = time.perf_counter()
+    cfg = SegEnsembleConfig(members=tuple(str(Path(f).resolve()) for f in folders), dataset=card.name,
+                            select_inference=select, seed=seed, precision=precision)
+    val = list(ds.split("val")) if "val" in ds.splits else []
+    ens = build_ensemble(folders, out, val, cfg, device=device)
+    train = list(ds.split("train"))
+    test = list(ds.split("test")) if "test" in ds.splits else []
+    members = [m.info.val_dice for m in ens.members]
+    result, hc = evaluate_test(ens, ds, train, test, cfg, out, f"trained/{card.name}-ensemble{len(folders)}", "seg-ensemble",
+                               tolerance_mm, n_boot, seed, time.perf_counter() - t0,
+                               {"ensemble": {"members_val_dice": members, "val_dice": ens.info.val_dice,
+                                             "postprocess": ens.info.postprocess}})
+    return EnsembleRunResult(out, ens.info.val_dice, members, result, hc, ens.info.postprocess)
 
 
 def _write_rows(rows: Sequence[dict[str, Any]], path: Path) -> None:
@@ -282,7 +331,9 @@ def segment_inputs(model_ref: str, input_path: Path, out: Path, opts: SegmentOpt
     if trained:
         if opts.box is not None or opts.point is not None:
             raise ConfigError(f"{model_ref}: a trained model segments whole images; --box/--point are for promptable models")
-        seg = TrainedSegmenter.load(model_ref, device=device)
+        from medfm.tasks.segmentation.ensemble import load_segmenter
+
+        seg = load_segmenter(model_ref, device=device)
         labels = seg.info.labels
         names = seg.info.label_names or tuple(f"label {v}" for v in labels)
         model_id = f"trained:{model_ref}"
