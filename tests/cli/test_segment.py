@@ -215,6 +215,26 @@ def test_seg_ensemble_cli_evaluates_and_segments(tmp_path, capsys) -> None:
     assert rc == 2 and "not a trained model folder" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
+def test_segment_png_gives_sizes_in_pixels_only(tmp_path, capsys) -> None:
+    """A PNG holds no pixel size: no area in cm2 is invented, a note says so."""
+    from PIL import Image as PILImage
+
+    rng = np.random.default_rng(1)
+    PILImage.fromarray((rng.random((30, 40)) * 255).astype(np.uint8)).save(tmp_path / "us.png")
+    rc, so, err = _run(capsys, "segment", "--model", "test/sam-tiny", "--input", str(tmp_path / "us.png"),
+                       "--box", "5", "5", "30", "20", "--out", str(tmp_path / "o"), "--json")
+    assert rc == 0, err
+    row = json.loads(so)[0]
+    assert "area_cm2" not in row["labels"]["1"] and "voxels" in row["labels"]["1"]
+    assert "no pixel spacing" in row["note"]
+    nii = _nifti(tmp_path / "vol.nii.gz", rng.random((3, 30, 40)).astype(np.float32))
+    rc, so, err = _run(capsys, "segment", "--model", "test/sam-tiny", "--input", str(nii), "--box", "5", "5", "30", "20",
+                       "--out", str(tmp_path / "o2"), "--json")
+    assert rc == 0, err
+    assert "volume_ml" in json.loads(so)[0]["labels"]["1"] and "note" not in json.loads(so)[0]
+
+
 def test_seg_eval_png_masks_note_missing_spacing(tmp_path, capsys) -> None:
     from PIL import Image as PILImage
 

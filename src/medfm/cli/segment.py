@@ -57,7 +57,8 @@ def segment_command(
         return
     for r in rows:
         vols = ", ".join(f"{v['name']}: {v['voxels']} px" for v in r["labels"].values())
-        out_console.print(f"{r['case']}: {r['mask']} ({vols})" + (f"; DICOM-SEG {r['dicom_seg']}" if r.get("dicom_seg") else ""))
+        out_console.print(f"{r['case']}: {r['mask']} ({vols})" + (f"; DICOM-SEG {r['dicom_seg']}" if r.get("dicom_seg") else "")
+                          + (f"; note: {r['note']}" if r.get("note") else ""))
 
 
 def train_seg_command(

@@ -373,10 +373,14 @@ def segment_inputs(model_ref: str, input_path: Path, out: Path, opts: SegmentOpt
             else:
                 row["dicom_seg"] = None
                 row["note"] = "empty mask: no DICOM-SEG written"
+        known = image.meta.get("spacing_known", True) is not False
         unit = float(np.prod(image.spacing)) / (1000.0 if image.ndim == 3 else 100.0)
+        size_key = "volume_ml" if image.ndim == 3 else "area_cm2"
         row["labels"] = {str(v): {"name": names[i], "voxels": int((lab == v).sum()),
-                                  ("volume_ml" if image.ndim == 3 else "area_cm2"): float((lab == v).sum() * unit)}
+                                  **({size_key: float((lab == v).sum() * unit)} if known else {})}
                          for i, v in enumerate(labels)}
+        if not known:  # a PNG/JPEG/TIFF holds no pixel size: sizes in mm would be invented
+            row["note"] = f"{c.path.name}: no pixel spacing in the file, so sizes are given in pixels only"
         rows.append(row)
     return rows
 
