@@ -67,6 +67,28 @@ def test_members_must_be_distinct_trained_models(tmp_path) -> None:
         check_members([tmp_path, tmp_path / "b"])
 
 
+def _saved(folder, labels: tuple[int, ...], patch: tuple[int, ...], dataset: str = "d") -> None:
+    """A trained-model folder with a tiny untrained UNet (enough for the member checks)."""
+    from medfm.tasks.segmentation.model import build_network, save_weights, write_card
+
+    spec = NetSpec("unet2d" if len(patch) == 2 else "unet3d", 1, len(labels) + 1, patch, channels=(2, 4))
+    folder.mkdir()
+    save_weights(build_network(spec), folder / "model.safetensors")
+    write_card(folder, SegModelInfo(spec, labels=labels, dataset=dataset), name="t")
+
+
+def test_members_must_agree_on_labels_and_dimensions(tmp_path) -> None:
+    _saved(tmp_path / "a", (1,), (16, 16))
+    _saved(tmp_path / "b", (1, 2), (16, 16))
+    _saved(tmp_path / "c", (1,), (8, 8, 8))
+    _saved(tmp_path / "d", (1,), (16, 16))
+    with pytest.raises(InputError, match="labels"):
+        check_members([tmp_path / "a", tmp_path / "b"])
+    with pytest.raises(InputError, match="3-D model"):
+        check_members([tmp_path / "a", tmp_path / "c"])
+    assert len(check_members([tmp_path / "a", tmp_path / "d"], dataset="d")) == 2
+
+
 @pytest.mark.slow
 def test_build_copies_members_selects_on_val_and_reloads(tmp_path) -> None:
     from medfm.tasks.segmentation.train import SegTrainConfig, train_segmentation
