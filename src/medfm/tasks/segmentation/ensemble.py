@@ -160,20 +160,19 @@ def build_ensemble(folders: Sequence[str | Path], out: str | Path, val: Sequence
     info = replace(infos[0], tta_flips=(), refine_margin=0.0, refine_passes=1, val_dice=None,
                    dataset=cfg.dataset or infos[0].dataset, extra={})
     ens = EnsembleSegmenter(members, info)
-    choice: dict[str, Any] | None = None
     if cfg.select_inference and val:
         choice = select_inference(ens, val, ())
         info.postprocess, info.val_dice = choice["postprocess"], choice["val_dice"]
         info.extra["inference_selection"] = choice
     info.extra["config"] = to_dict(cfg)
-    combined = file_hash_of_strings(e["weights_sha256"] for e in entries)
+    combined = _combined_hash(e["weights_sha256"] for e in entries)
     write_card(out, info, name=f"{info.dataset or 'folder'}-ensemble{len(entries)}", weights_hash=combined,
                extra_config={"ensemble": {"members": entries, "combine": "mean of softmax probabilities"}},
                description=f"mean of {len(entries)} models trained by medfm train-seg on {info.dataset or 'a folder'}")
     return ens
 
 
-def file_hash_of_strings(parts: Any) -> str:
+def _combined_hash(parts: Any) -> str:
     """SHA-256 of the members' hashes in order: one identifier for the ensemble's weights."""
     import hashlib
 

@@ -217,7 +217,7 @@ def read_card_config(folder: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text())
         return dict(doc["config"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InputError(f"{path}: not a medfm trained segmentation model card ({exc})") from exc
 
 
@@ -227,8 +227,8 @@ def is_ensemble_dir(path: str | Path) -> bool:
     if not (p.is_dir() and (p / CARD_FILE).is_file()):
         return False
     try:
-        return "ensemble" in json.loads((p / CARD_FILE).read_text()).get("config", {})
-    except (OSError, ValueError, AttributeError):
+        return "ensemble" in read_card_config(p)
+    except InputError:
         return False
 
 
