@@ -20,6 +20,14 @@ def _int_tuple(text: str | None, what: str) -> tuple[int, ...]:
         raise ConfigError(f"{what}: expected comma-separated integers, got '{text}'") from None
 
 
+def _check_precision(precision: str) -> None:
+    """--precision of train-seg and seg-ensemble: auto, bf16 or fp32."""
+    from medfm.models.zoo import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be auto, bf16 or fp32, got '{precision}'")
+
+
 def register(app: typer.Typer) -> None:
     app.command("segment")(segment_command)
     app.command("train-seg")(train_seg_command)
@@ -122,8 +130,7 @@ def train_seg_command(
     for k, v in given.items():
         if v is not None:
             setattr(cfg, k, v)
-    if cfg.precision not in ("auto", "bf16", "fp32"):
-        raise ConfigError(f"--precision must be auto, bf16 or fp32, got '{cfg.precision}'")
+    _check_precision(cfg.precision)
     configure_threads()
     out_dir = prepare_out_dir(out, force=force, resume=resume or eval_only)
     res = train_and_evaluate(name, cfg, out_dir, data_dir=data_dir, resume=resume, device=device or default_device(),
@@ -179,8 +186,7 @@ def seg_ensemble_command(
 
     if (dataset is None) == (folder is None):
         raise ConfigError("give exactly one of --dataset NAME or --folder DIR (the data the members were trained on)")
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ConfigError(f"--precision must be auto, bf16 or fp32, got '{precision}'")
+    _check_precision(precision)
     out_dir = out.expanduser().resolve()
     for m in (Path(m).expanduser().resolve() for m in models):
         if out_dir == m or m in out_dir.parents or out_dir in m.parents:
