@@ -9,6 +9,7 @@ import pytest
 from medfm._config import from_dict, to_dict
 from medfm._paths import atomic_path, prepare_out_dir
 from medfm._registry import Registry
+from medfm._runtime import PRECISIONS, check_precision
 from medfm.errors import ConfigError, OutputError
 from medfm.results import MetricValue, Record, read_results, write_results
 
@@ -65,3 +66,16 @@ def test_out_dir_refuses_non_empty(tmp_path) -> None:
         prepare_out_dir(tmp_path)
     prepare_out_dir(tmp_path, force=True)
     assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_one_precision_check_for_every_entry_point() -> None:
+    from medfm.bench.spec import BenchSpec
+    from medfm.tasks.classification.scratch import ScratchConfig
+
+    assert [check_precision(p) for p in PRECISIONS] == list(PRECISIONS)
+    with pytest.raises(ConfigError, match=r"^--precision must be auto, bf16 or fp32, got 'fp16'$"):
+        check_precision("fp16", "--precision")
+    with pytest.raises(ConfigError, match="bench spec: precision must be auto, bf16 or fp32, got 'half'"):
+        BenchSpec(precision="half")
+    with pytest.raises(ConfigError, match="scratch: precision must be"):
+        ScratchConfig(precision="fp64")

@@ -5,6 +5,17 @@ from __future__ import annotations
 import functools
 import os
 
+from medfm.errors import ConfigError
+
+PRECISIONS = ("auto", "bf16", "fp32")  # compute precision of models: bf16 autocast where it pays off, or fp32
+
+
+def check_precision(precision: str, what: str = "precision") -> str:
+    """``precision`` when it is one of ``PRECISIONS``, else one ConfigError line naming ``what``."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"{what} must be auto, bf16 or fp32, got {precision!r}")
+    return precision
+
 
 @functools.cache
 def cpu_has_fast_bf16() -> bool:

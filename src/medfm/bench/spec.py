@@ -28,6 +28,7 @@ from typing import Any
 
 from medfm import __version__
 from medfm._config import from_dict, load_file, to_dict
+from medfm._runtime import check_precision
 from medfm.errors import ConfigError
 
 ALL = "all"
@@ -85,8 +86,7 @@ class BenchSpec:
             raise ConfigError("bench spec: 'shots' is empty; use e.g. 1,4,16,all")
         if self.seeds < 1 or (self.full_data_seeds is not None and self.full_data_seeds < 1):
             raise ConfigError(f"bench spec: seeds must be >= 1, got {self.seeds}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"bench spec: precision must be auto, fp32 or bf16, got {self.precision!r}")
+        check_precision(self.precision, "bench spec: precision")
         if self.n_boot < 0 or self.batch_size < 1:
             raise ConfigError("bench spec: n_boot must be >= 0 and batch_size >= 1")
         for name, over in self.protocol_config.items():

@@ -42,15 +42,13 @@ def embed_command(
     from medfm import __version__
     from medfm._paths import atomic_path, atomic_write_text, prepare_out_dir
     from medfm._provenance import versions
-    from medfm._runtime import configure_threads
+    from medfm._runtime import check_precision, configure_threads
     from medfm.cli._common import err_console, out_console, print_json
     from medfm.data import load_dataset
-    from medfm.errors import ConfigError
     from medfm.models import create_model
     from medfm.models.embed import EmbeddingCache, compute_dtype, embed_arrays, embed_cached
 
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ConfigError(f"--precision must be auto, bf16 or fp32, got {precision!r}")
+    check_precision(precision, "--precision")
     out_dir = prepare_out_dir(out, force=force) if out is not None else None
     configure_threads()
     ds = load_dataset(dataset, data_dir)

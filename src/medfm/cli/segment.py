@@ -22,10 +22,9 @@ def _int_tuple(text: str | None, what: str) -> tuple[int, ...]:
 
 def _check_precision(precision: str) -> None:
     """--precision of train-seg and seg-ensemble: auto, bf16 or fp32."""
-    from medfm.models.zoo import PRECISIONS
+    from medfm._runtime import check_precision
 
-    if precision not in PRECISIONS:
-        raise ConfigError(f"--precision must be auto, bf16 or fp32, got '{precision}'")
+    check_precision(precision, "--precision")
 
 
 def register(app: typer.Typer) -> None:

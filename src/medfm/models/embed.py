@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medfm._paths import atomic_path, atomic_write_text, file_hash, home
+from medfm._runtime import check_precision
 from medfm.errors import ConfigError, InputError
 from medfm.models.base import ModelAdapter
 
@@ -99,8 +100,7 @@ def embed_arrays(
     adapter.require("image_encoder", "embedding images")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ConfigError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+    check_precision(precision)
     n = _n_images(images, adapter.card.input_ndim)
     old = adapter.precision
     if precision != "auto":

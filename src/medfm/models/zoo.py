@@ -20,6 +20,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from medfm._registry import Registry, suggest
+from medfm._runtime import check_precision
 from medfm.errors import ConfigError, InputError, MissingWeightsError
 from medfm.models import hub
 from medfm.models.base import ModelAdapter
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
     import torch
 
 MODELS: Registry[ModelCard] = Registry("model")
-PRECISIONS = ("auto", "bf16", "fp32")
 BACKENDS: dict[str, str] = {
     "timm": "medfm.models.adapters.timm_",
     "hf": "medfm.models.adapters.hf",
@@ -118,8 +118,7 @@ def create_model(
     """
     from medfm._runtime import default_device
 
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision(precision)
     device = device or default_device()
     if device.startswith("cuda"):
         import torch

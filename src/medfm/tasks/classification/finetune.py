@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from medfm._optional import optional_import
+from medfm._runtime import check_precision
 from medfm.errors import ConfigError
 from medfm.tasks.classification._train import (
     AUGMENTS,
@@ -75,8 +76,7 @@ class FinetuneConfig:
             raise ConfigError("finetune: epochs, batch_size, lr, head_lr and lora_rank must be positive")
         if self.augment not in AUGMENTS:
             raise ConfigError(f"finetune: augment must be one of {AUGMENTS}, got '{self.augment}'")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ConfigError(f"finetune: precision must be auto, bf16 or fp32, got '{self.precision}'")
+        check_precision(self.precision, "finetune: precision")
 
 
 def clone_module(module: Any) -> Any:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from medfm._runtime import check_precision
 from medfm.errors import ConfigError
 from medfm.tasks.classification._train import (
     AUGMENTS,
@@ -76,8 +77,7 @@ class ScratchConfig:
             raise ConfigError(f"scratch: stem must be one of {STEMS}, got '{self.stem}'")
         if self.augment not in AUGMENTS:
             raise ConfigError(f"scratch: augment must be one of {AUGMENTS}, got '{self.augment}'")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ConfigError(f"scratch: precision must be auto, bf16 or fp32, got '{self.precision}'")
+        check_precision(self.precision, "scratch: precision")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ConfigError(f"scratch: ema_decay must be in (0, 1) or null, got {self.ema_decay}")
         if not 0.0 <= self.label_smoothing < 1.0:
