@@ -228,3 +228,14 @@ def test_interactions_flag_reaches_the_pipeline(tmp_path: Path, capsys: pytest.C
     spec, (r,) = read_results(out / "results.json")
     assert spec["config"]["fusion"]["interactions"] is True
     assert 0.6 < r.metrics["c_harrell"].value < 0.85
+
+
+def test_repeats_option_reaches_the_protocol(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "rep"
+    args = ["prognosis", "--dataset", "veterans", "--model", "coxph", "--cv", "3", "--n-boot", "0"]
+    assert main([*args, "--repeats", "2", "--out", str(out)]) == 0
+    spec, (r,) = read_results(out / "results.json")
+    assert spec["config"]["repeats"] == 2 and r.split == "cv3x2" and len(r.extra["fold_metrics"]) == 6
+    capsys.readouterr()
+    assert main([*args, "--repeats", "0"]) == 2
+    assert "--repeats must be >= 1" in capsys.readouterr().err

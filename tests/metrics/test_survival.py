@@ -150,6 +150,26 @@ def test_cv_metrics_average_the_folds(fold: FoldPredictions) -> None:
     assert "ibs" not in out  # the second fold has no survival functions
 
 
+def test_repeated_cv_bootstrap_resamples_rows_not_folds(fold: FoldPredictions) -> None:
+    """A row scored in two repeats is drawn for both at once: repeating the same fold must not
+    narrow the CI, as independent per-fold resampling would."""
+    rows = np.arange(len(fold.time))
+    named = FoldPredictions(fold.train_event, fold.train_time, fold.event, fold.time, fold.risk, fold.surv, fold.times, rows)
+    once = survival_metrics([named], n_boot=40, seed=3)
+    twice = survival_metrics([named, named], n_boot=40, seed=3)
+    for key in ("c_harrell", "c_uno", "ibs"):
+        assert twice[key].value == pytest.approx(once[key].value)
+        assert twice[key].ci_low == pytest.approx(once[key].ci_low) and twice[key].ci_high == pytest.approx(once[key].ci_high)
+    # folds without row ids (or without shared rows) keep the per-fold resampling
+    assert survival_metrics([fold], n_boot=40, seed=3) == once
+    # the same row cannot be an event in one repeat and censored in another
+    flipped = FoldPredictions(fold.train_event, fold.train_time, ~fold.event, fold.time, fold.risk, rows=rows)
+    with pytest.raises(InputError, match="different event status"):
+        survival_metrics([named, flipped], n_boot=5)
+    with pytest.raises(InputError, match="rows must be"):
+        FoldPredictions(fold.train_event, fold.train_time, fold.event, fold.time, fold.risk, rows=rows[:-1])
+
+
 def test_random_risk_scores_about_one_half() -> None:
     ev_tr, t_tr, _, _ = _data(400, 7)
     ev, t, _, _ = _data(400, 8)

@@ -91,6 +91,9 @@ def prognosis_command(
     model: str = typer.Option("coxph,coxnet,rsf,gbsa,deepsurv", "--model", "-m", help=MODELS_HELP),
     cv: int = typer.Option(5, "--cv", help="Outer folds (event-stratified); 0 = one held-out test split."),
     test_size: float = typer.Option(0.25, "--test-size", help="Test share when --cv 0."),
+    repeats: int = typer.Option(
+        1, "--repeats", help="Repeat the outer CV with fold seeds seed, seed+1, ...; metrics average every fold."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed for splits, models and bootstrap."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples of test rows for CIs (0: none)."),
     tune: bool = typer.Option(
@@ -153,6 +156,7 @@ def prognosis_command(
         tune=tune,
         inner_cv=inner_cv,
         test_size=test_size,
+        repeats=repeats,
         fusion=FusionConfig(
             mode=mode,
             combine=combine or "rank",

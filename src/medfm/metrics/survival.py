@@ -9,7 +9,10 @@ reference rows passed as ``train_event``/``train_time``, as scikit-survival does
 
 Bootstrap (``survival_metrics``): every resample draws, within each fold and within each event
 status, as many test rows as there are (``medfm.metrics.bootstrap.resample_indices`` with strata
-fold x event), recomputes every metric per fold and averages over folds. Resamples where a metric
+fold x event), recomputes every metric per fold and averages over folds. In repeated CV a row is
+a test row once per repeat, so the resample is drawn over the dataset's rows instead (within each
+event status), and every fold scores its test rows as often as they were drawn: the repeats of a
+row move together, as they do in the data. Resamples where a metric
 is undefined (e.g. a horizon beyond the resampled follow-up) are skipped; a CI needs at least
 half of the resamples to be valid.
 """
@@ -17,7 +20,7 @@ half of the resamples to be valid.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -169,7 +172,8 @@ def evaluation_times(train_time: np.ndarray) -> dict[str, np.ndarray | float]:
 class FoldPredictions:
     """One evaluation unit (a CV fold or a test split): training outcome (for IPCW weights),
     test outcome, predicted risk (N,), and optionally survival probabilities ``surv`` (N, T) at
-    ``times`` (T,) (from ``evaluation_times(train_time)["times"]``)."""
+    ``times`` (T,) (from ``evaluation_times(train_time)["times"]``). ``rows`` (N,): the dataset
+    row of each test row, needed to bootstrap repeated CV (where folds share rows)."""
 
     train_event: np.ndarray
     train_time: np.ndarray
@@ -178,9 +182,12 @@ class FoldPredictions:
     risk: np.ndarray
     surv: np.ndarray | None = None
     times: np.ndarray | None = None
+    rows: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.time)
+        if self.rows is not None and (len(self.rows) != n or np.any(np.asarray(self.rows) < 0)):
+            raise InputError(f"fold predictions: rows must be {n} non-negative row ids, got {len(self.rows)}")
         if len(self.event) != n or len(self.risk) != n:
             raise InputError(f"fold predictions: {n} times, {len(self.event)} events, {len(self.risk)} risks")
         if not np.all(np.isfinite(self.risk)):
@@ -241,6 +248,39 @@ def fold_metrics(f: FoldPredictions) -> dict[str, float]:
     return _fold_metrics(f)
 
 
+def _shared_rows(folds: Sequence[FoldPredictions]) -> bool:
+    """True when every fold names its rows and some row is a test row of several folds (repeated CV)."""
+    if any(f.rows is None for f in folds):
+        return False
+    rows = np.concatenate([np.asarray(f.rows) for f in folds])
+    return len(np.unique(rows)) < len(rows)
+
+
+def _fold_bootstrap(folds: Sequence[FoldPredictions], n_boot: int, seed: int) -> Iterator[list[dict[str, float]]]:
+    """Per resample, every fold's metrics on its test rows drawn with replacement (within fold x event)."""
+    sizes = [len(f.time) for f in folds]
+    fold_id = np.repeat(np.arange(len(folds)), sizes)
+    events = np.concatenate([np.asarray(f.event, bool) for f in folds])
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    for idx in resample_indices(len(fold_id), n_boot, seed, stratify=fold_id * 2 + events):
+        yield [_fold_metrics(f, idx[fold_id[idx] == k] - offsets[k]) for k, f in enumerate(folds)]
+
+
+def _row_bootstrap(folds: Sequence[FoldPredictions], n_boot: int, seed: int) -> Iterator[list[dict[str, float]]]:
+    """Per resample, every fold's metrics on its test rows, each taken as often as the row was drawn
+    (rows drawn with replacement from the union of test rows, within each event status)."""
+    rows = np.concatenate([np.asarray(f.rows) for f in folds]).astype(np.int64)
+    events = np.concatenate([np.asarray(f.event, bool) for f in folds]).astype(np.int64)
+    order = np.argsort(rows, kind="stable")
+    starts = np.flatnonzero(np.r_[True, rows[order][1:] != rows[order][:-1]])
+    if np.any(np.maximum.reduceat(events[order], starts) != np.minimum.reduceat(events[order], starts)):
+        raise InputError("survival metrics: a row has a different event status in different folds")
+    uniq, first = np.unique(rows, return_index=True)
+    for draw in resample_indices(len(uniq), n_boot, seed, stratify=events[first]):
+        counts = np.bincount(uniq[draw], minlength=int(uniq.max()) + 1)
+        yield [_fold_metrics(f, np.repeat(np.arange(len(f.time)), counts[np.asarray(f.rows)])) for f in folds]
+
+
 def survival_metrics(
     folds: Sequence[FoldPredictions], n_boot: int = 1000, seed: int = 0, ci: float = 0.95
 ) -> dict[str, MetricValue]:
@@ -256,12 +296,8 @@ def survival_metrics(
     values = {k: float(np.mean([p[k] for p in point])) for k in names}  # NaN when any fold is undefined
     boots: dict[str, list[float]] = {k: [] for k in names}
     if n_boot > 0:
-        sizes = [len(f.time) for f in folds]
-        fold_id = np.repeat(np.arange(len(folds)), sizes)
-        events = np.concatenate([np.asarray(f.event, bool) for f in folds])
-        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        for idx in resample_indices(len(fold_id), n_boot, seed, stratify=fold_id * 2 + events):
-            per_fold = [_fold_metrics(f, idx[fold_id[idx] == k] - offsets[k]) for k, f in enumerate(folds)]
+        resamples = _row_bootstrap(folds, n_boot, seed) if _shared_rows(folds) else _fold_bootstrap(folds, n_boot, seed)
+        for per_fold in resamples:
             for k in names:
                 vals = [p[k] for p in per_fold]
                 if all(math.isfinite(v) for v in vals):

@@ -49,6 +49,24 @@ def test_records_carry_metrics_cis_km_groups_and_provenance() -> None:
     assert len(r.extra["fold_metrics"]) == 3
 
 
+def test_repeated_cv_averages_every_fold_of_every_repeat() -> None:
+    table = load_survival_dataset("veterans")
+    one = run_prognosis(table, PrognosisConfig(models=("coxph",), cv=3, n_boot=0, seed=1), progress=False)[0]
+    cfg = PrognosisConfig(models=("coxph",), cv=3, n_boot=20, seed=1, repeats=2)
+    (r,) = run_prognosis(table, cfg, progress=False)
+    assert (r.split, r.n, r.extra["repeats"]) == ("cv3x2", 137, 2)
+    per_fold = [f["c_harrell"] for f in r.extra["fold_metrics"]]
+    assert len(per_fold) == 6 and per_fold[:3] == [f["c_harrell"] for f in one.extra["fold_metrics"]]
+    assert r.metrics["c_harrell"].value == pytest.approx(np.mean(per_fold))
+    assert r.metrics["c_harrell"].ci_low < r.metrics["c_harrell"].value < r.metrics["c_harrell"].ci_high
+    # the second repeat draws other folds (seed + 1); risk groups count each row once
+    splits = cv_mod.outer_splits(table.event, cfg)
+    assert len(splits) == 6 and splits[3][1].tolist() != splits[0][1].tolist()
+    assert r.extra["km_groups"]["n_low"] + r.extra["km_groups"]["n_high"] == 137
+    with pytest.raises(ConfigError, match="--repeats"):
+        PrognosisConfig(repeats=0)
+
+
 def test_nested_tuning_never_sees_the_outer_test_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     table = load_survival_dataset("veterans")
     seen: list[set[str]] = []

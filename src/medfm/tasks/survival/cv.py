@@ -1,4 +1,6 @@
-"""The prognosis protocol: event-stratified K-fold CV (or one held-out test split), optional
+"""The prognosis protocol: event-stratified K-fold CV (or one held-out test split), optionally
+repeated with new fold seeds (``repeats``: the estimate then averages every fold of every repeat,
+which removes most of the split-to-split spread of one K-fold run), optional
 hyper-parameter choice by inner CV on each outer training fold (nested CV), metrics with bootstrap
 CIs, and Kaplan-Meier curves of the predicted low/high-risk groups -> one Record per model.
 
@@ -36,7 +38,9 @@ class PrognosisConfig:
     """``models`` CLI names; ``cv`` outer folds (0: one stratified test split of ``test_size``);
     ``tune``: choose each model's hyper-parameters (and preprocessing) from its grid
     (``MODELS[name].grid``) by ``inner_cv``-fold event-stratified CV on the outer training rows;
-    ``params`` fixed parameters per model (used when not tuning)."""
+    ``params`` fixed parameters per model (used when not tuning); ``repeats``: the outer CV (or test
+    split) is drawn ``repeats`` times, with seeds ``seed``, ``seed + 1``, ...; metrics average all
+    folds, and their CIs resample rows (see ``medfm.metrics.survival``)."""
 
     models: tuple[str, ...] = ("coxph", "coxnet", "rsf", "gbsa", "deepsurv")
     cv: int = 5
@@ -47,12 +51,15 @@ class PrognosisConfig:
     test_size: float = 0.25
     fusion: FusionConfig = field(default_factory=FusionConfig)
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    repeats: int = 1
 
     def __post_init__(self) -> None:
         for m in self.models:
             MODELS.get(m)  # did-you-mean error for a typo
         if self.cv == 1 or self.cv < 0:
             raise ConfigError(f"--cv must be 0 (one test split) or >= 2 folds, got {self.cv}")
+        if self.repeats < 1:
+            raise ConfigError(f"--repeats must be >= 1, got {self.repeats}")
         if not 0.05 <= self.test_size <= 0.5:
             raise ConfigError(f"test_size must be in [0.05, 0.5], got {self.test_size}")
         unknown = sorted(set(self.params) - set(self.models))
@@ -81,6 +88,21 @@ def event_stratified_splits(
 
         return list(KFold(cv, shuffle=True, random_state=seed).split(idx))
     return list(StratifiedKFold(cv, shuffle=True, random_state=seed).split(idx, event))
+
+
+def outer_splits(event: np.ndarray, cfg: PrognosisConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The outer splits of every repeat, in order: repeat r uses fold seed ``cfg.seed + r``."""
+    return [
+        split
+        for r in range(cfg.repeats)
+        for split in event_stratified_splits(event, cfg.cv, cfg.seed + r, cfg.test_size)
+    ]
+
+
+def _split_label(cfg: PrognosisConfig) -> str:
+    """'cv5' / 'test', with 'x3' appended for 3 repeats."""
+    base = f"cv{cfg.cv}" if cfg.cv >= 2 else "test"
+    return base if cfg.repeats == 1 else f"{base}x{cfg.repeats}"
 
 
 def _inner_score(
@@ -199,9 +221,10 @@ def evaluate_model(
     data_checksum: str | None = None,
     tune_cache: TuneCache | None = None,
 ) -> Record:
-    """Run one model through the outer splits and return its Record (metrics with CIs)."""
+    """Run one model through the outer splits and return its Record (metrics with CIs); the
+    Kaplan-Meier risk groups come from the first repeat, so that each row counts once."""
     start = _time.perf_counter()
-    splits = event_stratified_splits(table.event, cfg.cv, cfg.seed, cfg.test_size)
+    splits = outer_splits(table.event, cfg)
     folds: list[FoldPredictions] = []
     chosen: list[dict[str, Any]] = []
     inner_c: list[float] = []  # best inner-CV C per outer fold (training rows only)
@@ -228,15 +251,17 @@ def evaluate_model(
                 risk,
                 surv,
                 times if surv is not None else None,
+                rows=te,
             )
         )
-        cut = float(np.median(pipe.predict_risk(train.X)))
-        ev_all.append(table.event[te])
-        t_all.append(table.time[te])
-        high_all.append(risk > cut)
+        if len(folds) <= len(splits) // cfg.repeats:  # risk groups from the first repeat: each row once
+            cut = float(np.median(pipe.predict_risk(train.X)))
+            ev_all.append(table.event[te])
+            t_all.append(table.time[te])
+            high_all.append(risk > cut)
     metrics = survival_metrics(folds, n_boot=cfg.n_boot, seed=cfg.seed)
     groups = risk_groups(np.concatenate(ev_all), np.concatenate(t_all), np.concatenate(high_all))
-    split = f"cv{cfg.cv}" if cfg.cv >= 2 else "test"
+    split = _split_label(cfg)
     n = len(table) if cfg.cv >= 2 else len(splits[0][1])
     return Record(
         dataset=table.name,
@@ -254,6 +279,7 @@ def evaluate_model(
             "km_groups": groups,
             "fold_metrics": [fold_metrics(f) for f in folds],
             "n_events": int(table.event.sum()),
+            "repeats": cfg.repeats,
             **({"inner_c": inner_c} if cfg.tune else {}),
             **({"unavailable": _no_survival_reason(model, chosen)} if any(f.surv is None for f in folds) else {}),
         },
@@ -302,7 +328,7 @@ def _failed_record(table: SurvivalTable, model: str, cfg: PrognosisConfig, check
     """A Record without metrics saying why the model could not be evaluated (kept in results.json)."""
     return Record(
         dataset=table.name,
-        split=f"cv{cfg.cv}" if cfg.cv >= 2 else "test",
+        split=_split_label(cfg),
         model=_label(model, cfg),
         protocol="survival",
         metrics={},
