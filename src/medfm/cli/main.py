@@ -38,6 +38,7 @@ COMMAND_MODULES: list[str] = [
     "medfm.cli.seg_prompt",
     "medfm.cli.prognosis",
     "medfm.cli.generate",
+    "medfm.cli.serve",
 ]
 
 _state = {"debug": False}

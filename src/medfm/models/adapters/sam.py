@@ -76,6 +76,17 @@ class SamAdapter(TorchAdapter):
         self._geo = geometry(hw, self.card.preprocess)  # type: ignore[arg-type]
         self.encoder_calls += 1
 
+    def image_state(self) -> tuple[Any, ...]:
+        """The embedding cached by the last ``set_image`` (keep it to switch back to that image
+        with ``set_image_state`` without running the image encoder again)."""
+        if self._embedding is None:
+            raise ConfigError("image_state() needs set_image() first")
+        return (self._embedding, self._tokens, self._geo, self._layer0)
+
+    def set_image_state(self, state: tuple[Any, ...]) -> None:
+        """Make an embedding from ``image_state`` the current one (prompts then apply to its image)."""
+        self._embedding, self._tokens, self._geo, self._layer0 = state
+
     def _token_cache(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Image embedding plus the no-mask dense prompt, and the image-wide positional
         embedding, as contiguous (1, 1, h*w, C) token rows (what the two-way transformer reads)."""

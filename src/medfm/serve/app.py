@@ -1,0 +1,96 @@
+"""The REST service (FastAPI) for interactive segmentation, with the browser viewer at ``/``.
+
+Endpoints (JSON unless said otherwise; coordinates are pixels of the displayed slice, boxes
+``[x0, y0, x1, y1]``, points ``[x, y]``):
+
+- ``GET  /health``: ``{"status": "ok", "model": id, "images": n}``
+- ``POST /images?name=FILE[&slice=Z]``: body = the file's bytes (PNG/JPEG/TIFF/DICOM/NIfTI/NRRD;
+  ``slice`` picks a volume's slice, default the middle); embeds it once; returns its description
+  with ``id``
+- ``GET  /images``: the images held; ``DELETE /images/{id}``
+- ``GET  /images/{id}/display.png``: the 8-bit rendering the viewer draws on
+- ``POST /images/{id}/segment``: ``{"box": [...], "points": [[...]], "labels": [1, 0]}`` ->
+  ``{"mask_png": base64 PNG, "area_px", "area_mm2" (when the file has pixel spacing), "score", "seconds"}``
+
+Bad input is HTTP 400 with one line in ``detail``; an unknown image id is 404.
+"""
+
+# no "from __future__ import annotations": FastAPI reads the endpoint annotations at runtime,
+# and they name classes local to create_app (fastapi is imported lazily, an optional extra)
+from typing import Any
+
+from medfm._optional import optional_import
+from medfm.errors import MedfmError
+from medfm.serve.service import SegmentationService
+from medfm.serve.viewer import VIEWER_HTML
+
+
+def create_app(service: SegmentationService) -> Any:
+    """A FastAPI app serving ``service`` (run it with uvicorn, or ``medfm serve``)."""
+    fastapi = optional_import("fastapi")
+    responses = optional_import("fastapi.responses")
+    pydantic = optional_import("pydantic")
+    from medfm import __version__
+
+    class Prompt(pydantic.BaseModel):
+        box: list[float] | None = None
+        points: list[list[float]] | None = None
+        labels: list[int] | None = None
+
+    app = fastapi.FastAPI(title="medfm segmentation service", version=__version__)
+
+    def not_found(image_id: str) -> Any:
+        return fastapi.HTTPException(404, f"no image {image_id!r} here (never uploaded, or dropped to make room: upload it again)")
+
+    @app.exception_handler(MedfmError)
+    async def medfm_error(request: Any, exc: MedfmError) -> Any:
+        return responses.JSONResponse({"detail": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}, status_code=400)
+
+    @app.exception_handler(optional_import("fastapi.exceptions").RequestValidationError)
+    async def bad_request(request: Any, exc: Any) -> Any:
+        errs = exc.errors()
+        first = errs[0] if errs else {}
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or "request"
+        return responses.JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid request')}"}, status_code=400)
+
+    @app.get("/", response_class=responses.HTMLResponse)
+    def viewer() -> str:
+        return VIEWER_HTML.replace("{{MODEL}}", service.model_id)
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "model": service.model_id, "images": len(service.images()), "medfm": __version__}
+
+    @app.post("/images")
+    async def upload(request: fastapi.Request, name: str = "upload", slice: int | None = None) -> dict[str, Any]:
+        data = await request.body()
+        return service.add_image(data, name, slice)
+
+    @app.get("/images")
+    def images() -> list[dict[str, Any]]:
+        return service.images()
+
+    @app.get("/images/{image_id}/display.png")
+    def display(image_id: str) -> Any:
+        try:
+            png = service.session(image_id).display
+        except KeyError:
+            raise not_found(image_id) from None
+        return responses.Response(png, media_type="image/png")
+
+    @app.post("/images/{image_id}/segment")
+    def segment(image_id: str, prompt: Prompt) -> dict[str, Any]:
+        try:
+            return service.segment(image_id, prompt.box, prompt.points, prompt.labels)
+        except KeyError:
+            raise not_found(image_id) from None
+
+    @app.delete("/images/{image_id}")
+    def drop(image_id: str) -> dict[str, Any]:
+        try:
+            service.drop(image_id)
+        except KeyError:
+            raise not_found(image_id) from None
+        return {"dropped": image_id}
+
+    return app

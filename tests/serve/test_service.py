@@ -1,0 +1,104 @@
+"""The segmentation service: one embedding per image, masks equal to the model's own, clear errors."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medfm.errors import InputError
+from medfm.serve import SegmentationService
+from tests.serve.conftest import decode_png, png_bytes
+
+
+def _mask(result: dict) -> np.ndarray:
+    return decode_png(base64.b64decode(result["mask_png"])) > 0
+
+
+def test_masks_equal_the_models_own_and_each_image_is_embedded_once(tiny_sam) -> None:
+    svc = SegmentationService(tiny_sam, max_images=4)
+    a = svc.add_image(png_bytes(0), "a.png")
+    b = svc.add_image(png_bytes(1), "b.png")
+    assert (a["width"], a["height"], a["channels"], a["spacing_mm"], a["slice"]) == (64, 48, 1, None, None)
+    assert a["id"] != b["id"] and tiny_sam.encoder_calls == 2
+    assert svc.add_image(png_bytes(0), "again.png")["id"] == a["id"] and tiny_sam.encoder_calls == 2
+    box = [14, 9, 46, 31]
+    got_a = svc.segment(a["id"], box=box)  # switches back to a's embedding: no encoder run
+    got_b = svc.segment(b["id"], points=[[30, 20], [5, 5]], labels=[1, 0])
+    again_a = svc.segment(a["id"], box=box)
+    assert tiny_sam.encoder_calls == 2
+    assert "area_mm2" not in got_a  # a PNG holds no pixel size
+    # the same prompts straight on the model
+    arr_a = svc.session(a["id"]).array
+    tiny_sam.set_image(arr_a)
+    want_a = tiny_sam.predict(boxes=np.array([box], float))[0]
+    tiny_sam.set_image(svc.session(b["id"]).array)
+    want_b = tiny_sam.predict(points=np.array([[[30, 20], [5, 5]]], float), point_labels=np.array([[1, 0]]))[0]
+    np.testing.assert_array_equal(_mask(got_a), want_a)
+    np.testing.assert_array_equal(_mask(again_a), want_a)
+    np.testing.assert_array_equal(_mask(got_b), want_b)
+    assert got_a["area_px"] == int(want_a.sum()) and 0 < got_a["area_px"] < 48 * 64
+    assert isinstance(got_a["score"], float) and got_a["seconds"] >= 0
+
+
+def test_least_recently_used_image_is_dropped(tiny_sam) -> None:
+    svc = SegmentationService(tiny_sam, max_images=2)
+    a = svc.add_image(png_bytes(0), "a.png")["id"]
+    b = svc.add_image(png_bytes(1), "b.png")["id"]
+    svc.segment(a, box=[1, 1, 20, 20])  # a is now the most recent
+    c = svc.add_image(png_bytes(2), "c.png")["id"]
+    assert [i["id"] for i in svc.images()] == [a, c]
+    with pytest.raises(KeyError):
+        svc.segment(b, box=[1, 1, 20, 20])
+    svc.drop(a)
+    with pytest.raises(KeyError):
+        svc.session(a)
+
+
+def test_dicom_keeps_spacing_and_window_and_volumes_give_one_slice(tiny_sam, tmp_path: Path) -> None:
+    import nibabel as nib
+    from pydicom.data import get_testdata_file
+
+    svc = SegmentationService(tiny_sam)
+    ct = svc.add_image(Path(get_testdata_file("CT_small.dcm")).read_bytes(), "CT_small.dcm")
+    assert (ct["width"], ct["height"]) == (128, 128) and ct["spacing_mm"] == pytest.approx([0.661468, 0.661468])
+    r = svc.segment(ct["id"], box=[30, 30, 90, 90])
+    assert r["area_mm2"] == pytest.approx(r["area_px"] * 0.661468**2)
+    shown = decode_png(svc.session(ct["id"]).display)
+    assert shown.dtype == np.uint8 and shown.shape == (128, 128) and shown.max() > shown.min()
+    vol = np.zeros((40, 30, 7), np.float32)  # NIfTI x, y, z
+    vol[10:30, 5:20, :] = 100.0
+    path = tmp_path / "vol.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.diag([0.8, 0.8, 3.0, 1.0])), path)
+    mid = svc.add_image(path.read_bytes(), "vol.nii.gz")
+    assert (mid["slice"], mid["depth"]) == (3, 7) and mid["spacing_mm"] == pytest.approx([0.8, 0.8])
+    first = svc.add_image(path.read_bytes(), "vol.nii.gz", slice_index=0)
+    assert first["id"] != mid["id"] and first["slice"] == 0
+    with pytest.raises(InputError, match=r"vol.nii.gz: slice 7 is outside the volume \(0..6\)"):
+        svc.add_image(path.read_bytes(), "vol.nii.gz", slice_index=7)
+
+
+def test_bad_uploads_and_prompts_are_one_clear_error(tiny_sam) -> None:
+    svc = SegmentationService(tiny_sam, max_bytes=10_000)
+    with pytest.raises(InputError, match="empty"):
+        svc.add_image(b"", "a.png")
+    with pytest.raises(InputError, match="x.png"):
+        svc.add_image(b"not an image at all", "x.png")
+    with pytest.raises(InputError, match="more than the service accepts"):
+        svc.add_image(b"\0" * 10_001, "big.dcm")
+    with pytest.raises(InputError, match="a 2D image has no slice 2"):
+        svc.add_image(png_bytes(0), "a.png", slice_index=2)
+    i = svc.add_image(png_bytes(0), "../../etc/a.png")["id"]  # only the name is used, never the path
+    assert svc.session(i).name == "../../etc/a.png"
+    with pytest.raises(InputError, match="outside the 64x48 image"):
+        svc.segment(i, box=[10, 10, 80, 20])
+    with pytest.raises(InputError, match="give a box"):
+        svc.segment(i)
+    with pytest.raises(InputError, match="2 points need 2 labels"):
+        svc.segment(i, points=[[1, 1], [2, 2]], labels=[1])
+    with pytest.raises(InputError, match="each 1 \\(inside\\) or 0"):
+        svc.segment(i, points=[[1, 1]], labels=[2])
+    with pytest.raises(InputError, match="outside the 64x48 image"):
+        svc.segment(i, points=[[64, 1]])
