@@ -21,6 +21,8 @@ EXTRAS: dict[str, str] = {
     "fastapi": "serve",
     "uvicorn": "serve",
     "httpx": "serve",
+    "starlette": "serve",
+    "pydantic": "serve",
     "gdcm": "codecs",
     "pylibjpeg": "codecs",
     "ray": "ray",

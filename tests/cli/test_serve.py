@@ -23,7 +23,7 @@ def test_serve_builds_the_app_and_checks_options(monkeypatch: pytest.MonkeyPatch
     for args, message in (
         (["--model", "test/sam-tiny", "--port", "0"], "--port must be 1..65535"),
         (["--model", "test/sam-tiny", "--precision", "fp16"], "--precision must be auto, bf16 or fp32"),
-        (["--model", "test/sam-tiny", "--max-images", "0"], "--max-images and --max-upload-mb must be >= 1"),
+        (["--model", "test/sam-tiny", "--max-images", "0"], "--max-images, --max-embeddings and --max-upload-mb must be >= 1"),
         (["--model", "test/vit-tiny-timm"], "segmenter"),
         (["--model", "test/sam-tiyn"], "Did you mean"),
     ):

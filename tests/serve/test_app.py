@@ -26,7 +26,7 @@ def test_upload_render_and_segment_over_http(client, tiny_sam) -> None:
     assert up.status_code == 200, up.text
     info = up.json()
     assert (info["width"], info["height"]) == (64, 48)
-    shown = client.get(f"/images/{info['id']}/display.png")
+    shown = client.get(f"/images/{info['id']}/display.png", params={"slice": 0})
     assert shown.headers["content-type"] == "image/png" and decode_png(shown.content).shape == (48, 64)
     r = client.post(f"/images/{info['id']}/segment", json={"box": [14, 9, 46, 31]})
     assert r.status_code == 200, r.text
@@ -47,6 +47,8 @@ def test_bad_requests_get_one_line_and_the_right_status(client) -> None:
         (client.post(f"/images/{i}/segment", json={"box": "wide"}), 400, "box"),
         (client.post("/images/nope/segment", json={"box": [0, 0, 5, 5]}), 404, "upload it again"),
         (client.get("/images/nope/display.png"), 404, "no image 'nope'"),
+        (client.get(f"/images/{i}/display.png", params={"slice": 3}), 400, "a 2D image has no slice 3"),
+        (client.post(f"/images/{i}/segment", json={"box": [0, 0, 5, 5], "slice": 1}), 400, "no slice 1"),
         (client.delete("/images/nope"), 404, "no image"),
     ]
     for res, status, text in cases:

@@ -21,7 +21,7 @@ def test_masks_equal_the_models_own_and_each_image_is_embedded_once(tiny_sam) ->
     svc = SegmentationService(tiny_sam, max_images=4)
     a = svc.add_image(png_bytes(0), "a.png")
     b = svc.add_image(png_bytes(1), "b.png")
-    assert (a["width"], a["height"], a["channels"], a["spacing_mm"], a["slice"]) == (64, 48, 1, None, None)
+    assert (a["width"], a["height"], a["channels"], a["depth"], a["slice"], a["spacing_mm"]) == (64, 48, 1, 1, 0, None)
     assert a["id"] != b["id"] and tiny_sam.encoder_calls == 2
     assert svc.add_image(png_bytes(0), "again.png")["id"] == a["id"] and tiny_sam.encoder_calls == 2
     box = [14, 9, 46, 31]
@@ -31,10 +31,9 @@ def test_masks_equal_the_models_own_and_each_image_is_embedded_once(tiny_sam) ->
     assert tiny_sam.encoder_calls == 2
     assert "area_mm2" not in got_a  # a PNG holds no pixel size
     # the same prompts straight on the model
-    arr_a = svc.session(a["id"]).array
-    tiny_sam.set_image(arr_a)
+    tiny_sam.set_image(svc.session(a["id"]).slice_array(0))
     want_a = tiny_sam.predict(boxes=np.array([box], float))[0]
-    tiny_sam.set_image(svc.session(b["id"]).array)
+    tiny_sam.set_image(svc.session(b["id"]).slice_array(0))
     want_b = tiny_sam.predict(points=np.array([[[30, 20], [5, 5]]], float), point_labels=np.array([[1, 0]]))[0]
     np.testing.assert_array_equal(_mask(got_a), want_a)
     np.testing.assert_array_equal(_mask(again_a), want_a)
@@ -43,11 +42,13 @@ def test_masks_equal_the_models_own_and_each_image_is_embedded_once(tiny_sam) ->
     assert isinstance(got_a["score"], float) and got_a["seconds"] >= 0
 
 
-def test_least_recently_used_image_is_dropped(tiny_sam) -> None:
-    svc = SegmentationService(tiny_sam, max_images=2)
+def test_least_recently_used_image_and_embedding_are_dropped(tiny_sam) -> None:
+    svc = SegmentationService(tiny_sam, max_images=2, max_embeddings=1)
     a = svc.add_image(png_bytes(0), "a.png")["id"]
     b = svc.add_image(png_bytes(1), "b.png")["id"]
-    svc.segment(a, box=[1, 1, 20, 20])  # a is now the most recent
+    calls = tiny_sam.encoder_calls
+    svc.segment(a, box=[1, 1, 20, 20])  # a is now the most recent; its embedding was dropped for b's
+    assert tiny_sam.encoder_calls == calls + 1
     c = svc.add_image(png_bytes(2), "c.png")["id"]
     assert [i["id"] for i in svc.images()] == [a, c]
     with pytest.raises(KeyError):
@@ -57,7 +58,7 @@ def test_least_recently_used_image_is_dropped(tiny_sam) -> None:
         svc.session(a)
 
 
-def test_dicom_keeps_spacing_and_window_and_volumes_give_one_slice(tiny_sam, tmp_path: Path) -> None:
+def test_dicom_keeps_spacing_and_window_and_volumes_are_prompted_slice_by_slice(tiny_sam, tmp_path: Path) -> None:
     import nibabel as nib
     from pydicom.data import get_testdata_file
 
@@ -66,18 +67,29 @@ def test_dicom_keeps_spacing_and_window_and_volumes_give_one_slice(tiny_sam, tmp
     assert (ct["width"], ct["height"]) == (128, 128) and ct["spacing_mm"] == pytest.approx([0.661468, 0.661468])
     r = svc.segment(ct["id"], box=[30, 30, 90, 90])
     assert r["area_mm2"] == pytest.approx(r["area_px"] * 0.661468**2)
-    shown = decode_png(svc.session(ct["id"]).display)
+    shown = decode_png(svc.display(ct["id"]))
     assert shown.dtype == np.uint8 and shown.shape == (128, 128) and shown.max() > shown.min()
+    assert svc.session(ct["id"]).window == (40.0 - 200.0, 40.0 + 200.0)  # the file's soft-tissue window
     vol = np.zeros((40, 30, 7), np.float32)  # NIfTI x, y, z
     vol[10:30, 5:20, :] = 100.0
     path = tmp_path / "vol.nii.gz"
     nib.save(nib.Nifti1Image(vol, np.diag([0.8, 0.8, 3.0, 1.0])), path)
-    mid = svc.add_image(path.read_bytes(), "vol.nii.gz")
-    assert (mid["slice"], mid["depth"]) == (3, 7) and mid["spacing_mm"] == pytest.approx([0.8, 0.8])
-    first = svc.add_image(path.read_bytes(), "vol.nii.gz", slice_index=0)
-    assert first["id"] != mid["id"] and first["slice"] == 0
+    calls = tiny_sam.encoder_calls
+    v = svc.add_image(path.read_bytes(), "vol.nii.gz")
+    assert (v["slice"], v["depth"]) == (3, 7) and v["spacing_mm"] == pytest.approx([0.8, 0.8])
+    assert tiny_sam.encoder_calls == calls + 1  # the middle slice, embedded on upload
+    box = [8, 3, 32, 22]  # around the bright block (x 10..30, y 5..20)
+    r3, r0 = svc.segment(v["id"], box=box), svc.segment(v["id"], box=box, z=0)
+    assert (r3["slice"], r0["slice"]) == (3, 0) and tiny_sam.encoder_calls == calls + 2
+    svc.segment(v["id"], box=box, z=3)  # back to a kept embedding
+    assert tiny_sam.encoder_calls == calls + 2
+    tiny_sam.set_image(svc.session(v["id"]).volume[:, 0])
+    np.testing.assert_array_equal(_mask(r0), tiny_sam.predict(boxes=np.array([box], float))[0])
+    assert decode_png(svc.display(v["id"], 6)).shape == (30, 40)  # (y, x) of the NIfTI's (x, y, z)
     with pytest.raises(InputError, match=r"vol.nii.gz: slice 7 is outside the volume \(0..6\)"):
-        svc.add_image(path.read_bytes(), "vol.nii.gz", slice_index=7)
+        svc.segment(v["id"], box=box, z=7)
+    with pytest.raises(InputError, match="a 2D image has no slice 1"):
+        svc.display(ct["id"], 1)
 
 
 def test_bad_uploads_and_prompts_are_one_clear_error(tiny_sam) -> None:
@@ -88,8 +100,6 @@ def test_bad_uploads_and_prompts_are_one_clear_error(tiny_sam) -> None:
         svc.add_image(b"not an image at all", "x.png")
     with pytest.raises(InputError, match="more than the service accepts"):
         svc.add_image(b"\0" * 10_001, "big.dcm")
-    with pytest.raises(InputError, match="a 2D image has no slice 2"):
-        svc.add_image(png_bytes(0), "a.png", slice_index=2)
     i = svc.add_image(png_bytes(0), "../../etc/a.png")["id"]  # only the name is used, never the path
     assert svc.session(i).name == "../../etc/a.png"
     with pytest.raises(InputError, match="outside the 64x48 image"):

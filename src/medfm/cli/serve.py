@@ -17,7 +17,10 @@ def serve_command(
     ),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
-    max_images: int = typer.Option(16, "--max-images", help="Image embeddings kept in memory (least recently used out)."),
+    max_images: int = typer.Option(16, "--max-images", help="Images / volumes held (least recently used out)."),
+    max_embeddings: int = typer.Option(
+        64, "--max-embeddings", help="Slice embeddings kept in memory (SAM ViT-B: 4 MiB each; least recently used out)."
+    ),
     max_upload_mb: int = typer.Option(512, "--max-upload-mb", help="Largest accepted upload (MiB)."),
     device: str = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
     precision: str = typer.Option("auto", "--precision", help="auto | bf16 | fp32 for the image encoder."),
@@ -33,13 +36,15 @@ def serve_command(
     check_precision(precision, "--precision")
     if not 0 < port < 65536:
         raise ConfigError(f"--port must be 1..65535, got {port}")
-    if max_images < 1 or max_upload_mb < 1:
-        raise ConfigError("--max-images and --max-upload-mb must be >= 1")
+    if min(max_images, max_embeddings, max_upload_mb) < 1:
+        raise ConfigError("--max-images, --max-embeddings and --max-upload-mb must be >= 1")
     uvicorn = optional_import("uvicorn")
     optional_import("fastapi")
     configure_threads()
     adapter = create_model(model, device=device, precision=precision)
-    service = SegmentationService(adapter, max_images=max_images, max_bytes=max_upload_mb * 2**20)
+    service = SegmentationService(
+        adapter, max_images=max_images, max_bytes=max_upload_mb * 2**20, max_embeddings=max_embeddings
+    )
     app = create_app(service)
     err_console.print(f"serve: {service.model_id} on http://{host}:{port}/ (viewer), API at /docs; Ctrl-C stops")
     uvicorn.run(app, host=host, port=port, log_level="warning")

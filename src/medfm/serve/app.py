@@ -4,13 +4,14 @@ Endpoints (JSON unless said otherwise; coordinates are pixels of the displayed s
 ``[x0, y0, x1, y1]``, points ``[x, y]``):
 
 - ``GET  /health``: ``{"status": "ok", "model": id, "images": n}``
-- ``POST /images?name=FILE[&slice=Z]``: body = the file's bytes (PNG/JPEG/TIFF/DICOM/NIfTI/NRRD;
-  ``slice`` picks a volume's slice, default the middle); embeds it once; returns its description
-  with ``id``
+- ``POST /images?name=FILE``: body = the file's bytes (PNG/JPEG/TIFF/DICOM/NIfTI/NRRD); returns
+  its description: ``id``, ``width``, ``height``, ``depth`` (slices; 1 for a 2D image), ``slice``
+  (the middle one, used when a request names none), ``spacing_mm``
 - ``GET  /images``: the images held; ``DELETE /images/{id}``
-- ``GET  /images/{id}/display.png``: the 8-bit rendering the viewer draws on
-- ``POST /images/{id}/segment``: ``{"box": [...], "points": [[...]], "labels": [1, 0]}`` ->
-  ``{"mask_png": base64 PNG, "area_px", "area_mm2" (when the file has pixel spacing), "score", "seconds"}``
+- ``GET  /images/{id}/display.png[?slice=Z]``: the 8-bit rendering of a slice the viewer draws on
+- ``POST /images/{id}/segment``: ``{"box": [...], "points": [[...]], "labels": [1, 0], "slice": Z}`` ->
+  ``{"mask_png": base64 PNG, "area_px", "area_mm2" (when the file has pixel spacing), "score", "seconds"}``;
+  the image encoder runs on the first prompt to a slice, later prompts reuse its embedding
 
 Bad input is HTTP 400 with one line in ``detail``; an unknown image id is 404.
 """
@@ -30,12 +31,14 @@ def create_app(service: SegmentationService) -> Any:
     fastapi = optional_import("fastapi")
     responses = optional_import("fastapi.responses")
     pydantic = optional_import("pydantic")
+    run_in_threadpool = optional_import("starlette.concurrency").run_in_threadpool
     from medfm import __version__
 
     class Prompt(pydantic.BaseModel):
         box: list[float] | None = None
         points: list[list[float]] | None = None
         labels: list[int] | None = None
+        slice: int | None = None
 
     app = fastapi.FastAPI(title="medfm segmentation service", version=__version__)
 
@@ -62,18 +65,19 @@ def create_app(service: SegmentationService) -> Any:
         return {"status": "ok", "model": service.model_id, "images": len(service.images()), "medfm": __version__}
 
     @app.post("/images")
-    async def upload(request: fastapi.Request, name: str = "upload", slice: int | None = None) -> dict[str, Any]:
+    async def upload(request: fastapi.Request, name: str = "upload") -> dict[str, Any]:
         data = await request.body()
-        return service.add_image(data, name, slice)
+        # reading and embedding take seconds: off the event loop, so other requests are served
+        return await run_in_threadpool(service.add_image, data, name)
 
     @app.get("/images")
     def images() -> list[dict[str, Any]]:
         return service.images()
 
     @app.get("/images/{image_id}/display.png")
-    def display(image_id: str) -> Any:
+    def display(image_id: str, slice: int | None = None) -> Any:
         try:
-            png = service.session(image_id).display
+            png = service.display(image_id, slice)
         except KeyError:
             raise not_found(image_id) from None
         return responses.Response(png, media_type="image/png")
@@ -81,7 +85,7 @@ def create_app(service: SegmentationService) -> Any:
     @app.post("/images/{image_id}/segment")
     def segment(image_id: str, prompt: Prompt) -> dict[str, Any]:
         try:
-            return service.segment(image_id, prompt.box, prompt.points, prompt.labels)
+            return service.segment(image_id, prompt.box, prompt.points, prompt.labels, prompt.slice)
         except KeyError:
             raise not_found(image_id) from None
 

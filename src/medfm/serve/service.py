@@ -1,10 +1,10 @@
 """Interactive segmentation sessions behind the REST service: images in, prompted masks out.
 
 ``SegmentationService`` holds one promptable model (a zoo card with the ``segmenter``
-capability, e.g. SAM / MedSAM) and the images uploaded to it. The image encoder runs once per
-image (its embedding is kept, least recently used first out); every box or point prompt then
-only runs the prompt encoder and mask decoder, which is what makes clicking in the viewer
-interactive. Plain Python, no web framework: ``medfm.serve.app`` wraps it in FastAPI.
+capability, e.g. SAM / MedSAM) and the images and volumes uploaded to it. Prompts go to one 2D
+slice at a time; the image encoder runs once per slice (its embedding is kept, least recently
+used first out), and every box or point prompt then only runs the prompt encoder and mask
+decoder, which is what makes clicking in the viewer interactive. Plain Python, no web framework: ``medfm.serve.app`` wraps it in FastAPI.
 """
 
 from __future__ import annotations
@@ -25,55 +25,75 @@ import numpy as np
 
 from medfm.errors import InputError
 from medfm.io import Image, read_image
-from medfm.io.window import apply_window
 from medfm.tasks.segmentation.promptable import check_box, check_points
 
 
 @dataclass
 class Session:
-    """One uploaded image: its 2D slice (C, H, W), display rendering and cached embedding."""
+    """One uploaded image or volume: its pixels (C, Z, H, W) (Z = 1 for a 2D image) as read
+    (HU for CT), pixel spacing and the display window used for every slice."""
 
     id: str
     name: str
-    array: np.ndarray  # (C, H, W) as read (HU for CT)
+    volume: np.ndarray  # (C, Z, H, W)
     spacing: tuple[float, float] | None  # mm per pixel (y, x); None when the file holds none (PNG)
-    slice: int | None  # the slice taken from a volume, else None
-    depth: int | None  # the volume's number of slices, else None
-    display: bytes  # 8-bit PNG for the viewer
-    state: Any = None  # the model's image embedding (adapter-specific), None until embedded
+    window: tuple[float, float] | None  # (low, high) mapped to 0..255 for display; None: uint8 as is
+
+    @property
+    def depth(self) -> int:
+        return int(self.volume.shape[1])
+
+    def check_slice(self, z: int | None) -> int:
+        """``z`` (default: the middle slice) if this image has it, else InputError."""
+        if z is None:
+            return self.depth // 2
+        if not 0 <= int(z) < self.depth:
+            what = f"slice {z} is outside the volume (0..{self.depth - 1})" if self.depth > 1 else f"a 2D image has no slice {z}"
+            raise InputError(f"{self.name}: {what}")
+        return int(z)
+
+    def slice_array(self, z: int) -> np.ndarray:
+        return self.volume[:, z]
 
     def describe(self) -> dict[str, Any]:
-        c, h, w = self.array.shape
+        c, d, h, w = self.volume.shape
         return {
             "id": self.id,
             "name": self.name,
             "width": w,
             "height": h,
             "channels": c,
+            "depth": d,
+            "slice": d // 2,  # the slice prompts go to when they name none
             "spacing_mm": list(self.spacing) if self.spacing else None,
-            "slice": self.slice,
-            "depth": self.depth,
         }
 
 
-def display_png(image: Image, array: np.ndarray) -> bytes:
-    """8-bit PNG of a (C, H, W) slice: the file's VOI window when it has one (DICOM), uint8 as
-    is, anything else scaled between its 1st and 99th percentiles."""
+def display_window(image: Image, volume: np.ndarray) -> tuple[float, float] | None:
+    """What maps to 0..255 on screen: the file's VOI window when it has one (DICOM), nothing for
+    uint8, else the 1st..99th percentile of the whole image (the same for every slice)."""
+    window = image.meta.get("window")
+    if volume.dtype == np.uint8 and window is None:
+        return None
+    if window is not None:
+        center, width = float(window[0]), float(window[1])
+        return center - width / 2.0, center + width / 2.0
+    lo, hi = (float(v) for v in np.percentile(volume, [1, 99])) if volume.size else (0.0, 1.0)
+    return lo, (hi if hi > lo else lo + 1.0)
+
+
+def display_png(array: np.ndarray, window: tuple[float, float] | None) -> bytes:
+    """8-bit PNG of a (C, H, W) slice (grey, or RGB when C = 3) through ``window``."""
     from PIL import Image as PILImage
 
     arr = np.asarray(array)
     if arr.shape[0] not in (1, 3):
         arr = arr[:1]
-    window = image.meta.get("window")
-    if arr.dtype == np.uint8:
-        out = arr
-    elif window is not None:
-        out = np.round(apply_window(arr.astype(np.float32), float(window[0]), float(window[1])) * 255).astype(np.uint8)
+    if window is None:
+        out = arr.astype(np.uint8)
     else:
-        a = arr.astype(np.float32)
-        lo, hi = np.percentile(a, [1, 99]) if a.size else (0.0, 1.0)
-        hi = hi if hi > lo else lo + 1.0
-        out = np.round(np.clip((a - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+        lo, hi = window
+        out = np.round(np.clip((arr.astype(np.float32) - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
     pil = PILImage.fromarray(np.ascontiguousarray(out[0] if out.shape[0] == 1 else np.moveaxis(out, 0, -1)))
     buf = io.BytesIO()
     pil.save(buf, format="PNG")
@@ -92,50 +112,57 @@ def mask_png(mask: np.ndarray) -> bytes:
 class SegmentationService:
     """Uploaded images and prompted masks for one promptable model (thread-safe).
 
-    ``max_images``: embeddings kept in memory (a SAM ViT-B embedding is 4 MiB); the least
-    recently used image is dropped first and must be uploaded again.
+    ``max_images``: images (or volumes) held; ``max_embeddings``: slice embeddings kept in memory
+    (a SAM ViT-B embedding is 4 MiB); in both the least recently used goes first, and a dropped
+    image must be uploaded again (a dropped embedding is recomputed on the next prompt).
     """
 
-    def __init__(self, model: Any, max_images: int = 16, max_bytes: int = 512 * 2**20) -> None:
+    def __init__(
+        self, model: Any, max_images: int = 16, max_bytes: int = 512 * 2**20, max_embeddings: int = 64
+    ) -> None:
         model.require("segmenter", "the segmentation service")
-        if max_images < 1:
-            raise InputError(f"max_images must be >= 1, got {max_images}")
+        if max_images < 1 or max_embeddings < 1:
+            raise InputError(f"max_images and max_embeddings must be >= 1, got {max_images}, {max_embeddings}")
         self.model = model
         self.max_images = max_images
+        self.max_embeddings = max_embeddings
         self.max_bytes = max_bytes
         self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._states: OrderedDict[tuple[str, int], Any] = OrderedDict()  # (image id, slice) -> embedding
         self._lock = threading.Lock()  # one model: prompts and embeddings run one at a time
-        self._current: str | None = None  # the image whose embedding the model holds now
+        self._current: tuple[str, int] | None = None  # the slice whose embedding the model holds now
 
     @property
     def model_id(self) -> str:
         return str(self.model.card.id)
 
-    def add_image(self, data: bytes, name: str, slice_index: int | None = None) -> dict[str, Any]:
-        """Read an uploaded file (PNG/JPEG/TIFF/DICOM/NIfTI/NRRD...), keep one 2D slice (``slice_index``
-        of a volume, default its middle), embed it, and describe it. The same bytes (and slice)
-        uploaded again reuse the session."""
+    def add_image(self, data: bytes, name: str) -> dict[str, Any]:
+        """Read an uploaded file (PNG/JPEG/TIFF/DICOM/NIfTI/NRRD...), embed its middle slice (the
+        others when first prompted) and describe it. The same bytes uploaded again reuse it."""
         if not data:
             raise InputError(f"{name}: the upload is empty")
         if len(data) > self.max_bytes:
             raise InputError(f"{name}: {len(data)} bytes is more than the service accepts ({self.max_bytes})")
-        key = hashlib.sha256(data).hexdigest()[:16] + ("" if slice_index is None else f"-z{int(slice_index)}")
+        key = hashlib.sha256(data).hexdigest()[:16]
         with self._lock:
             if key in self._sessions:
                 self._sessions.move_to_end(key)
                 return self._sessions[key].describe()
         image = self._read(data, name)
-        arr, z, depth = self._slice(image, name, slice_index)
+        volume = np.asarray(image.array)
+        volume = volume[:, None] if volume.ndim == 3 else volume
         spacing = None
         if image.meta.get("spacing_known", True) is not False:
             spacing = (float(image.spacing[-2]), float(image.spacing[-1]))
-        session = Session(key, name, arr, spacing, z, depth, display_png(image, arr))
+        session = Session(key, name, volume, spacing, display_window(image, volume))
         with self._lock:
-            self._embed(session)
             self._sessions[key] = session
+            self._embed(session, session.check_slice(None))
             while len(self._sessions) > self.max_images:
                 old, _ = self._sessions.popitem(last=False)
-                if old == self._current:
+                for k in [k for k in self._states if k[0] == old]:
+                    del self._states[k]
+                if self._current is not None and self._current[0] == old:
                     self._current = None
         return session.describe()
 
@@ -151,31 +178,23 @@ class SegmentationService:
                 raise InputError(str(exc).replace(str(path), name)) from None
         return image
 
-    @staticmethod
-    def _slice(image: Image, name: str, slice_index: int | None) -> tuple[np.ndarray, int | None, int | None]:
-        arr = np.asarray(image.array)
-        if arr.ndim == 3:
-            if slice_index not in (None, 0):
-                raise InputError(f"{name}: a 2D image has no slice {slice_index}")
-            return arr, None, None
-        depth = arr.shape[1]
-        z = depth // 2 if slice_index is None else int(slice_index)
-        if not 0 <= z < depth:
-            raise InputError(f"{name}: slice {z} is outside the volume (0..{depth - 1})")
-        return arr[:, z], (z if depth > 1 else None), (depth if depth > 1 else None)
-
-    def _embed(self, session: Session) -> None:
-        """Make ``session``'s embedding the model's current one (runs the encoder at most once)."""
-        if self._current == session.id:
+    def _embed(self, session: Session, z: int) -> None:
+        """Make slice ``z`` of ``session`` the model's current image (the encoder runs only when its
+        embedding is not kept). Call with the lock held."""
+        key = (session.id, z)
+        if self._current == key:
             return
         restore = getattr(self.model, "set_image_state", None)
-        if session.state is not None and restore is not None:
-            restore(session.state)
+        if key in self._states and restore is not None:
+            restore(self._states[key])
+            self._states.move_to_end(key)
         else:
-            self.model.set_image(session.array)
-            keep = getattr(self.model, "image_state", None)
-            session.state = keep() if keep is not None else None
-        self._current = session.id
+            self.model.set_image(session.slice_array(z))
+            if hasattr(self.model, "image_state"):
+                self._states[key] = self.model.image_state()
+                while len(self._states) > self.max_embeddings:
+                    self._states.popitem(last=False)
+        self._current = key
 
     def session(self, image_id: str) -> Session:
         with self._lock:
@@ -184,18 +203,25 @@ class SegmentationService:
             self._sessions.move_to_end(image_id)
             return self._sessions[image_id]
 
+    def display(self, image_id: str, z: int | None = None) -> bytes:
+        """The 8-bit PNG of slice ``z`` (default: the middle one) that the viewer draws on."""
+        session = self.session(image_id)
+        return display_png(session.slice_array(session.check_slice(z)), session.window)
+
     def segment(
         self,
         image_id: str,
         box: Sequence[float] | None = None,
         points: Sequence[Sequence[float]] | None = None,
         labels: Sequence[int] | None = None,
+        z: int | None = None,
     ) -> dict[str, Any]:
-        """One mask for a box and/or points (x, y in pixels of the displayed slice; labels 1 =
-        inside, 0 = outside): base64 PNG, pixel area (and mm^2 when the file gives pixel spacing),
-        the model's predicted IoU and the seconds the prompt took."""
+        """One mask on slice ``z`` (default: the middle one) for a box and/or points (x, y in pixels
+        of the slice; labels 1 = inside, 0 = outside): base64 PNG, pixel area (and mm^2 when the
+        file gives pixel spacing), the model's predicted IoU and the seconds the prompt took."""
         session = self.session(image_id)
-        hw = session.array.shape[-2:]
+        z = session.check_slice(z)
+        hw = session.volume.shape[-2:]
         if box is None and not points:
             raise InputError("give a box [x0, y0, x1, y1] and/or points [[x, y], ...]")
         b = None if box is None else check_box(box, hw)
@@ -208,7 +234,7 @@ class SegmentationService:
         with self._lock:
             if image_id not in self._sessions:
                 raise KeyError(image_id)
-            self._embed(session)
+            self._embed(session, z)
             t0 = time.perf_counter()
             mask = np.asarray(
                 self.model.predict(
@@ -219,11 +245,12 @@ class SegmentationService:
             )[0].astype(bool)
             seconds = time.perf_counter() - t0
             scores = getattr(self.model, "iou_scores", None)
-            if session.state is not None:  # keep what the first prompt derived from the embedding
-                session.state = self.model.image_state()
+            if (image_id, z) in self._states:  # keep what the first prompt derived from the embedding
+                self._states[(image_id, z)] = self.model.image_state()
         area = int(mask.sum())
         out: dict[str, Any] = {
             "id": image_id,
+            "slice": z,
             "mask_png": base64.b64encode(mask_png(mask)).decode("ascii"),
             "area_px": area,
             "score": None if scores is None else float(np.asarray(scores).reshape(-1)[0]),
@@ -242,5 +269,7 @@ class SegmentationService:
             if image_id not in self._sessions:
                 raise KeyError(image_id)
             del self._sessions[image_id]
-            if self._current == image_id:
+            for k in [k for k in self._states if k[0] == image_id]:
+                del self._states[k]
+            if self._current is not None and self._current[0] == image_id:
                 self._current = None

@@ -23,7 +23,7 @@ VIEWER_HTML = """<!doctype html>
 <h1>medfm &middot; interactive segmentation <small>({{MODEL}})</small></h1>
 <div id="bar">
   <input type="file" id="file" aria-label="image file">
-  <label>slice <input type="number" id="slice" min="0" style="width:5em" placeholder="middle"></label>
+  <label id="slicebox" hidden>slice <input type="range" id="slice" min="0" value="0"> <span id="sliceno"></span></label>
   <label><input type="radio" name="mode" value="box" checked> box (drag)</label>
   <label><input type="radio" name="mode" value="points"> points (click inside, shift-click outside)</label>
   <button id="clear">clear</button>
@@ -35,7 +35,9 @@ VIEWER_HTML = """<!doctype html>
 "use strict";
 const view = document.getElementById("view"), ctx = view.getContext("2d");
 const status = document.getElementById("status"), save = document.getElementById("save");
-let imageId = null, base = null, mask = null, box = null, drag = null, origin = null, points = [], labels = [];
+let imageId = null, info = null, z = 0, base = null, mask = null, box = null, drag = null, origin = null;
+let points = [], labels = [];
+const slider = document.getElementById("slice"), sliceno = document.getElementById("sliceno");
 
 function say(text, bad) { status.textContent = text; status.className = bad ? "err" : ""; }
 function mode() { return document.querySelector("input[name=mode]:checked").value; }
@@ -80,7 +82,7 @@ function tint(png) {  // the 0/255 mask PNG -> a red overlay with transparent ba
 }
 async function segment() {
   if (!imageId || (!box && !points.length)) return;
-  const prompt = {};
+  const prompt = {slice: z};
   if (box) prompt.box = box.map(Math.round);
   if (points.length) { prompt.points = points; prompt.labels = labels; }
   try {
@@ -94,21 +96,28 @@ async function segment() {
     draw();
   } catch (e) { say(e.message, true); }
 }
+function clearPrompts() { mask = null; box = null; points = []; labels = []; save.hidden = true; }
+function showSlice() {  // draw slice z of the current image; prompts start again on a new slice
+  clearPrompts();
+  sliceno.textContent = `${z + 1} / ${info.depth}`;
+  const img = new Image();
+  img.onload = () => { base = img; view.width = info.width; view.height = info.height; draw(); };
+  img.src = `images/${imageId}/display.png?slice=${z}`;
+}
 document.getElementById("file").addEventListener("change", async (ev) => {
   const f = ev.target.files[0]; if (!f) return;
-  const z = document.getElementById("slice").value;
-  const q = `name=${encodeURIComponent(f.name)}` + (z === "" ? "" : `&slice=${encodeURIComponent(z)}`);
   try {
     say("uploading and embedding ...");
-    const info = await call(`images?${q}`, {method: "POST", body: f});
-    imageId = info.id; mask = null; box = null; points = []; labels = []; save.hidden = true;
-    base = new Image();
-    base.onload = () => { view.width = info.width; view.height = info.height; draw(); };
-    base.src = `images/${imageId}/display.png`;
-    const where = info.depth ? `, slice ${info.slice} of ${info.depth}` : "";
-    say(`${info.name}: ${info.width} x ${info.height}${where}. Drag a box or click points.`);
+    info = await call(`images?name=${encodeURIComponent(f.name)}`, {method: "POST", body: f});
+    imageId = info.id; z = info.slice;
+    document.getElementById("slicebox").hidden = info.depth < 2;
+    slider.max = info.depth - 1; slider.value = z;
+    showSlice();
+    const mm = info.spacing_mm ? `, ${info.spacing_mm.map((v) => v.toFixed(3)).join(" x ")} mm pixels` : "";
+    say(`${info.name}: ${info.width} x ${info.height}` + (info.depth > 1 ? ` x ${info.depth} slices` : "") + `${mm}. Drag a box or click points.`);
   } catch (e) { say(e.message, true); }
 });
+slider.addEventListener("input", () => { z = Number(slider.value); showSlice(); });
 view.addEventListener("mousedown", (ev) => {
   if (base && mode() === "box") { origin = at(ev); drag = [origin[0], origin[1], origin[0], origin[1]]; }
 });
@@ -126,9 +135,7 @@ view.addEventListener("click", (ev) => {
   if (!base || mode() !== "points") return;
   points.push(at(ev)); labels.push(ev.shiftKey ? 0 : 1); segment();
 });
-document.getElementById("clear").addEventListener("click", () => {
-  mask = null; box = null; points = []; labels = []; save.hidden = true; draw(); say("cleared");
-});
+document.getElementById("clear").addEventListener("click", () => { clearPrompts(); draw(); say("cleared"); });
 </script>
 </body>
 </html>
