@@ -50,6 +50,8 @@ def test_bad_requests_get_one_line_and_the_right_status(client) -> None:
         (client.get(f"/images/{i}/display.png", params={"slice": 3}), 400, "a 2D image has no slice 3"),
         (client.post(f"/images/{i}/segment", json={"box": [0, 0, 5, 5], "slice": 1}), 400, "no slice 1"),
         (client.delete("/images/nope"), 404, "no image"),
+        (client.post(f"/images/{i}/propagate", json={"box": [0, 0, 5, 5]}), 400, "no slices to propagate"),
+        (client.post("/images/nope/propagate", json={"box": [0, 0, 5, 5]}), 404, "no image"),
     ]
     for res, status, text in cases:
         assert res.status_code == status, res.text

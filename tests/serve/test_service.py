@@ -112,3 +112,40 @@ def test_bad_uploads_and_prompts_are_one_clear_error(tiny_sam) -> None:
         svc.segment(i, points=[[1, 1]], labels=[2])
     with pytest.raises(InputError, match="outside the 64x48 image"):
         svc.segment(i, points=[[64, 1]])
+
+
+def test_propagation_through_a_volume_equals_propagate_3d_and_reuses_embeddings(tiny_sam, tmp_path: Path) -> None:
+    import nibabel as nib
+
+    from medfm.tasks.segmentation.promptable import propagate_3d
+
+    vol = np.zeros((40, 30, 9), np.float32)  # NIfTI x, y, z: a bright block through slices 2..6
+    vol[10:30, 5:20, 2:7] = 100.0
+    path = tmp_path / "vol.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.diag([0.8, 0.8, 3.0, 1.0])), path)
+    svc = SegmentationService(tiny_sam)
+    v = svc.add_image(path.read_bytes(), "vol.nii.gz")
+    box = [8, 3, 32, 22]
+    r = svc.propagate(v["id"], box=box)
+    calls = tiny_sam.encoder_calls
+    assert r["slice"] == 4 and r["masks"] and r["voxels"] > 0
+    assert r["volume_ml"] == pytest.approx(r["voxels"] * 0.8 * 0.8 * 3.0 / 1000)
+    again = svc.propagate(v["id"], box=box)  # every slice it visits is embedded already
+    assert tiny_sam.encoder_calls == calls and again["masks"] == r["masks"]
+    want = propagate_3d(tiny_sam, svc.session(v["id"]).volume, 4, box=box)
+    got = np.zeros_like(want)
+    for k, png in r["masks"].items():
+        got[int(k)] = decode_png(base64.b64decode(png)) > 0
+    np.testing.assert_array_equal(got, want)
+    assert r["voxels"] == int(want.sum())
+    # the model embedded other slices behind the service's back: it notices and selects slice 4 again
+    np.testing.assert_array_equal(_mask(svc.segment(v["id"], box=box, z=4)), want[4])
+    tiny_sam.set_image(svc.session(v["id"]).volume[:, 0])  # an empty slice
+    np.testing.assert_array_equal(_mask(svc.segment(v["id"], box=box, z=4)), want[4])
+    png = svc.add_image(png_bytes(0), "a.png")["id"]
+    with pytest.raises(InputError, match="a 2D image has no slices to propagate"):
+        svc.propagate(png, box=[1, 1, 9, 9])
+    with pytest.raises(InputError, match="margin must be"):
+        svc.propagate(v["id"], box=box, margin=-1)
+    with pytest.raises(InputError, match="on the key slice"):
+        svc.propagate(v["id"])

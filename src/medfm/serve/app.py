@@ -12,6 +12,8 @@ Endpoints (JSON unless said otherwise; coordinates are pixels of the displayed s
 - ``POST /images/{id}/segment``: ``{"box": [...], "points": [[...]], "labels": [1, 0], "slice": Z}`` ->
   ``{"mask_png": base64 PNG, "area_px", "area_mm2" (when the file has pixel spacing), "score", "seconds"}``;
   the image encoder runs on the first prompt to a slice, later prompts reuse its embedding
+- ``POST /images/{id}/propagate``: the same prompt body (+ ``"margin"`` px) on a key slice of a
+  volume -> ``{"masks": {slice: base64 PNG}, "voxels", "volume_ml" (with spacing), "seconds"}``
 
 Bad input is HTTP 400 with one line in ``detail``; an unknown image id is 404.
 """
@@ -39,6 +41,7 @@ def create_app(service: SegmentationService) -> Any:
         points: list[list[float]] | None = None
         labels: list[int] | None = None
         slice: int | None = None
+        margin: float = 3.0
 
     app = fastapi.FastAPI(title="medfm segmentation service", version=__version__)
 
@@ -86,6 +89,13 @@ def create_app(service: SegmentationService) -> Any:
     def segment(image_id: str, prompt: Prompt) -> dict[str, Any]:
         try:
             return service.segment(image_id, prompt.box, prompt.points, prompt.labels, prompt.slice)
+        except KeyError:
+            raise not_found(image_id) from None
+
+    @app.post("/images/{image_id}/propagate")
+    def propagate(image_id: str, prompt: Prompt) -> dict[str, Any]:
+        try:
+            return service.propagate(image_id, prompt.slice, prompt.box, prompt.points, prompt.labels, prompt.margin)
         except KeyError:
             raise not_found(image_id) from None
 

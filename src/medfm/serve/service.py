@@ -38,6 +38,7 @@ class Session:
     volume: np.ndarray  # (C, Z, H, W)
     spacing: tuple[float, float] | None  # mm per pixel (y, x); None when the file holds none (PNG)
     window: tuple[float, float] | None  # (low, high) mapped to 0..255 for display; None: uint8 as is
+    slice_mm: float | None = None  # mm between slices of a volume with known spacing
 
     @property
     def depth(self) -> int:
@@ -131,6 +132,7 @@ class SegmentationService:
         self._states: OrderedDict[tuple[str, int], Any] = OrderedDict()  # (image id, slice) -> embedding
         self._lock = threading.Lock()  # one model: prompts and embeddings run one at a time
         self._current: tuple[str, int] | None = None  # the slice whose embedding the model holds now
+        self._calls_seen = getattr(model, "encoder_calls", None)  # the model's encoder runs as last seen
 
     @property
     def model_id(self) -> str:
@@ -151,10 +153,11 @@ class SegmentationService:
         image = self._read(data, name)
         volume = np.asarray(image.array)
         volume = volume[:, None] if volume.ndim == 3 else volume
-        spacing = None
+        spacing, slice_mm = None, None
         if image.meta.get("spacing_known", True) is not False:
             spacing = (float(image.spacing[-2]), float(image.spacing[-1]))
-        session = Session(key, name, volume, spacing, display_window(image, volume))
+            slice_mm = float(image.spacing[0]) if len(image.spacing) == 3 else None
+        session = Session(key, name, volume, spacing, display_window(image, volume), slice_mm)
         with self._lock:
             self._sessions[key] = session
             self._embed(session, session.check_slice(None))
@@ -182,6 +185,8 @@ class SegmentationService:
         """Make slice ``z`` of ``session`` the model's current image (the encoder runs only when its
         embedding is not kept). Call with the lock held."""
         key = (session.id, z)
+        if getattr(self.model, "encoder_calls", None) != self._calls_seen:
+            self._current = None  # the model embedded an image behind the service's back
         if self._current == key:
             return
         restore = getattr(self.model, "set_image_state", None)
@@ -190,6 +195,7 @@ class SegmentationService:
             self._states.move_to_end(key)
         else:
             self.model.set_image(session.slice_array(z))
+            self._calls_seen = getattr(self.model, "encoder_calls", None)
             if hasattr(self.model, "image_state"):
                 self._states[key] = self.model.image_state()
                 while len(self._states) > self.max_embeddings:
@@ -258,6 +264,50 @@ class SegmentationService:
         }
         if session.spacing is not None:
             out["area_mm2"] = area * session.spacing[0] * session.spacing[1]
+        return out
+
+    def propagate(
+        self,
+        image_id: str,
+        z: int | None = None,
+        box: Sequence[float] | None = None,
+        points: Sequence[Sequence[float]] | None = None,
+        labels: Sequence[int] | None = None,
+        margin: float = 3.0,
+    ) -> dict[str, Any]:
+        """Segment a volume from one prompt on slice ``z``: the neighbouring slices are prompted, in
+        both directions, with the previous mask's box enlarged by ``margin`` px until a mask comes
+        out empty (``medfm.tasks.segmentation.promptable.propagate_3d``). Returns the key slice,
+        one base64 PNG per non-empty slice, voxel count and volume in mL when the spacing is known."""
+        from medfm.tasks.segmentation.promptable import propagate_3d
+
+        session = self.session(image_id)
+        z = session.check_slice(z)
+        if session.depth < 2:
+            raise InputError(f"{session.name}: a 2D image has no slices to propagate through; use segment")
+        if box is None and not points:
+            raise InputError("give a box [x0, y0, x1, y1] and/or points [[x, y], ...] on the key slice")
+        if not 0.0 <= margin <= 100.0:
+            raise InputError(f"margin must be 0..100 pixels, got {margin}")
+        with self._lock:
+            if image_id not in self._sessions:
+                raise KeyError(image_id)
+            t0 = time.perf_counter()
+            masks = propagate_3d(
+                self.model, session.volume, z, box=box, points=points or None, point_labels=labels,
+                margin=margin, select=lambda k: self._embed(session, k),
+            )
+            seconds = time.perf_counter() - t0
+        voxels = int(masks.sum())
+        out: dict[str, Any] = {
+            "id": image_id,
+            "slice": z,
+            "masks": {str(k): base64.b64encode(mask_png(masks[k])).decode("ascii") for k in np.flatnonzero(masks.any(axis=(1, 2)))},
+            "voxels": voxels,
+            "seconds": round(seconds, 3),
+        }
+        if session.spacing is not None and session.slice_mm is not None:
+            out["volume_ml"] = voxels * session.spacing[0] * session.spacing[1] * session.slice_mm / 1000.0
         return out
 
     def images(self) -> list[dict[str, Any]]:

@@ -2,7 +2,9 @@
 
 One self-contained page (no external scripts, so it works offline): the image is uploaded to
 ``POST /images``, drawn from ``display.png``; each box or point list is sent to
-``POST /images/{id}/segment`` and the returned mask is drawn over the image.
+``POST /images/{id}/segment`` and the returned mask is drawn over the image. For a volume, a
+slider moves through the slices and "propagate" segments the whole volume from the prompt on
+the current slice (``POST /images/{id}/propagate``).
 """
 
 VIEWER_HTML = """<!doctype html>
@@ -27,6 +29,7 @@ VIEWER_HTML = """<!doctype html>
   <label><input type="radio" name="mode" value="box" checked> box (drag)</label>
   <label><input type="radio" name="mode" value="points"> points (click inside, shift-click outside)</label>
   <button id="clear">clear</button>
+  <button id="propagate" hidden title="segment the whole volume from the prompt on this slice">propagate through volume</button>
   <a id="save" download="mask.png" hidden>download mask</a>
 </div>
 <div id="stage"><canvas id="view" width="512" height="512"></canvas></div>
@@ -36,7 +39,7 @@ VIEWER_HTML = """<!doctype html>
 const view = document.getElementById("view"), ctx = view.getContext("2d");
 const status = document.getElementById("status"), save = document.getElementById("save");
 let imageId = null, info = null, z = 0, base = null, mask = null, box = null, drag = null, origin = null;
-let points = [], labels = [];
+let points = [], labels = [], vol = {};  // vol: slice -> mask PNG of the last propagation
 const slider = document.getElementById("slice"), sliceno = document.getElementById("sliceno");
 
 function say(text, bad) { status.textContent = text; status.className = bad ? "err" : ""; }
@@ -101,16 +104,36 @@ function showSlice() {  // draw slice z of the current image; prompts start agai
   clearPrompts();
   sliceno.textContent = `${z + 1} / ${info.depth}`;
   const img = new Image();
-  img.onload = () => { base = img; view.width = info.width; view.height = info.height; draw(); };
+  img.onload = async () => {
+    base = img; view.width = info.width; view.height = info.height;
+    if (vol[z]) mask = await tint(vol[z]);
+    draw();
+  };
   img.src = `images/${imageId}/display.png?slice=${z}`;
 }
+document.getElementById("propagate").addEventListener("click", async () => {
+  if (!imageId || (!box && !points.length)) { say("draw a box or click points on a key slice first", true); return; }
+  const prompt = {slice: z};
+  if (box) prompt.box = box.map(Math.round);
+  if (points.length) { prompt.points = points; prompt.labels = labels; }
+  try {
+    say("propagating through the volume ...");
+    const r = await call(`images/${imageId}/propagate`, {
+      method: "POST", headers: {"content-type": "application/json"}, body: JSON.stringify(prompt)});
+    vol = r.masks;
+    if (vol[z]) { mask = await tint(vol[z]); draw(); }
+    const ml = r.volume_ml != null ? `, ${r.volume_ml.toFixed(2)} mL` : " (no spacing in the file)";
+    say(`propagated: ${Object.keys(vol).length} slices, ${r.voxels} voxels${ml}; ${r.seconds.toFixed(1)} s. Move the slider to review.`);
+  } catch (e) { say(e.message, true); }
+});
 document.getElementById("file").addEventListener("change", async (ev) => {
   const f = ev.target.files[0]; if (!f) return;
   try {
     say("uploading and embedding ...");
     info = await call(`images?name=${encodeURIComponent(f.name)}`, {method: "POST", body: f});
-    imageId = info.id; z = info.slice;
+    imageId = info.id; z = info.slice; vol = {};
     document.getElementById("slicebox").hidden = info.depth < 2;
+    document.getElementById("propagate").hidden = info.depth < 2;
     slider.max = info.depth - 1; slider.value = z;
     showSlice();
     const mm = info.spacing_mm ? `, ${info.spacing_mm.map((v) => v.toFixed(3)).join(" x ")} mm pixels` : "";

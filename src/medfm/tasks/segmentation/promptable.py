@@ -15,7 +15,7 @@ Scores are the ``seg-eval`` metrics and summaries (``medfm.tasks.segmentation.ev
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -148,12 +148,15 @@ def propagate_3d(
     margin: float = 3.0,
     min_pixels: int = 1,
     max_slices: int | None = None,
+    select: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Segment a volume (C, Z, Y, X) from one prompt on ``key_slice``; returns (Z, Y, X) bool.
 
     The key slice is segmented with the given box (or points); then, in both directions, each
     neighbouring slice is prompted with the previous slice's mask bounding box enlarged by
     ``margin`` px. Propagation stops when a mask has fewer than ``min_pixels`` pixels.
+    ``select(z)``, when given, makes slice z the model's current image instead of
+    ``model.set_image`` (e.g. from embeddings kept by the caller).
     """
     arr = volume.array if isinstance(volume, Image) else np.asarray(volume)
     if arr.ndim != 4:
@@ -161,12 +164,14 @@ def propagate_3d(
     depth = arr.shape[1]
     z0 = check_slice(key_slice, depth)
     out = np.zeros(arr.shape[1:], dtype=bool)
-    if box is not None:
-        key = segment_box(model, arr[:, z0], box)
-    elif points is not None:
-        key = segment_points(model, arr[:, z0], points, point_labels)
-    else:
+    if box is None and points is None:
         raise InputError("3D propagation needs a box or point prompt on the key slice")
+    if select is not None:
+        select(z0)
+    if box is not None:
+        key = segment_box(model, arr[:, z0], box, embed=select is None)
+    else:
+        key = segment_points(model, arr[:, z0], points, point_labels, embed=select is None)
     out[z0] = key
     if key.sum() < min_pixels:
         return out
@@ -176,7 +181,9 @@ def propagate_3d(
             b = mask_box(prev, margin)
             if b is None:
                 break
-            m = segment_box(model, arr[:, z], b)
+            if select is not None:
+                select(z)
+            m = segment_box(model, arr[:, z], b, embed=select is None)
             if m.sum() < min_pixels:
                 break
             out[z] = m
