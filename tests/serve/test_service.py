@@ -149,3 +149,26 @@ def test_propagation_through_a_volume_equals_propagate_3d_and_reuses_embeddings(
         svc.propagate(v["id"], box=box, margin=-1)
     with pytest.raises(InputError, match="on the key slice"):
         svc.propagate(v["id"])
+
+
+def test_a_zipped_dicom_series_is_one_volume(tiny_sam, shared_data: Path) -> None:
+    import io
+    import zipfile
+
+    from medfm.io import read_image
+
+    folder = shared_data / "dicom_ct3slice_seg" / "ct"
+    if not folder.is_dir():
+        pytest.skip("dicom_ct3slice_seg not in the shared data")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for f in sorted(folder.iterdir()):
+            zf.write(f, f"study/../../{f.name}")  # member paths are ignored, never followed
+    svc = SegmentationService(tiny_sam)
+    v = svc.add_image(buf.getvalue(), "series.zip")
+    ref = read_image(folder)
+    assert v["depth"] == ref.array.shape[1] == 3 and (v["height"], v["width"]) == ref.array.shape[-2:]
+    np.testing.assert_array_equal(svc.session(v["id"]).volume, ref.array)
+    assert svc.session(v["id"]).slice_mm == pytest.approx(ref.spacing[0])
+    with pytest.raises(InputError, match="bad.zip: not a readable zip"):
+        svc.add_image(b"PK\x03\x04 truncated", "bad.zip")

@@ -4,7 +4,8 @@ Endpoints (JSON unless said otherwise; coordinates are pixels of the displayed s
 ``[x0, y0, x1, y1]``, points ``[x, y]``):
 
 - ``GET  /health``: ``{"status": "ok", "model": id, "images": n}``
-- ``POST /images?name=FILE``: body = the file's bytes (PNG/JPEG/TIFF/DICOM/NIfTI/NRRD); returns
+- ``POST /images?name=FILE``: body = the file's bytes (PNG/JPEG/TIFF/DICOM/NIfTI/NRRD, or a .zip of
+  one DICOM series); returns
   its description: ``id``, ``width``, ``height``, ``depth`` (slices; 1 for a 2D image), ``slice``
   (the middle one, used when a request names none), ``spacing_mm``
 - ``GET  /images``: the images held; ``DELETE /images/{id}``

@@ -101,6 +101,25 @@ def display_png(array: np.ndarray, window: tuple[float, float] | None) -> bytes:
     return buf.getvalue()
 
 
+def _unzip(data: bytes, folder: Path, name: str, max_files: int = 5000) -> None:
+    """Extract a zip (e.g. a DICOM series) into ``folder``: regular files only, each under its
+    own index (member paths are never used, so nothing lands outside ``folder``)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            members = [m for m in zf.infolist() if not m.is_dir()]
+            if not members:
+                raise InputError(f"{name}: the zip holds no files")
+            if len(members) > max_files:
+                raise InputError(f"{name}: the zip holds {len(members)} files, more than {max_files}")
+            folder.mkdir()
+            for k, m in enumerate(members):
+                (folder / f"{k:05d}_{Path(m.filename).name}").write_bytes(zf.read(m))
+    except zipfile.BadZipFile as exc:
+        raise InputError(f"{name}: not a readable zip ({exc})") from None
+
+
 def mask_png(mask: np.ndarray) -> bytes:
     """A bool (H, W) mask as an 8-bit PNG (0 / 255)."""
     from PIL import Image as PILImage
@@ -171,10 +190,15 @@ class SegmentationService:
 
     @staticmethod
     def _read(data: bytes, name: str) -> Image:
+        """Read one uploaded file, or a .zip holding one DICOM series (the browser sends one file)."""
         safe = Path(name.replace("\\", "/")).name or "upload"  # the file name only, never a path
         with tempfile.TemporaryDirectory(prefix="medfm-serve-") as tmp:
             path = Path(tmp) / safe
-            path.write_bytes(data)
+            if data[:4] == b"PK\x03\x04":
+                path = Path(tmp) / "series"
+                _unzip(data, path, name)
+            else:
+                path.write_bytes(data)
             try:
                 image = read_image(path)
             except InputError as exc:

@@ -33,7 +33,7 @@ VIEWER_HTML = """<!doctype html>
   <a id="save" download="mask.png" hidden>download mask</a>
 </div>
 <div id="stage"><canvas id="view" width="512" height="512"></canvas></div>
-<p id="status">Open a PNG, JPEG, TIFF, DICOM or NIfTI file.</p>
+<p id="status">Open a PNG, JPEG, TIFF, DICOM, NIfTI or NRRD file, or a .zip of one DICOM series.</p>
 <script>
 "use strict";
 const view = document.getElementById("view"), ctx = view.getContext("2d");
