@@ -172,3 +172,14 @@ def test_a_zipped_dicom_series_is_one_volume(tiny_sam, shared_data: Path) -> Non
     assert svc.session(v["id"]).slice_mm == pytest.approx(ref.spacing[0])
     with pytest.raises(InputError, match="bad.zip: not a readable zip"):
         svc.add_image(b"PK\x03\x04 truncated", "bad.zip")
+
+
+def test_an_image_the_model_refuses_is_not_kept(tiny_sam, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(image: np.ndarray) -> None:
+        raise InputError("set_image: 2 channel(s) given, the model takes 3")
+
+    svc = SegmentationService(tiny_sam)
+    monkeypatch.setattr(tiny_sam, "set_image", refuse)
+    with pytest.raises(InputError, match="channel"):
+        svc.add_image(png_bytes(0), "a.png")
+    assert svc.images() == []

@@ -178,8 +178,8 @@ class SegmentationService:
             slice_mm = float(image.spacing[0]) if len(image.spacing) == 3 else None
         session = Session(key, name, volume, spacing, display_window(image, volume), slice_mm)
         with self._lock:
+            self._embed(session, session.check_slice(None))  # first: an image the model refuses is not kept
             self._sessions[key] = session
-            self._embed(session, session.check_slice(None))
             while len(self._sessions) > self.max_images:
                 old, _ = self._sessions.popitem(last=False)
                 for k in [k for k in self._states if k[0] == old]:
