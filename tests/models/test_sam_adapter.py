@@ -8,20 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from medfm.models import create_model
+from tests._sam import redraw_decoder
 
 
 @pytest.fixture(scope="module")
 def sam():
     """The tiny random SAM with decoder weights redrawn at a useful scale: the card's init gives
     logits ~1e-5 that hardly depend on the attention blocks, too weak to test the decoder path."""
-    seg = create_model("test/sam-tiny", device="cpu")
-    g = torch.Generator().manual_seed(0)
-    params = [*seg.model.mask_decoder.named_parameters(), *seg.model.prompt_encoder.named_parameters()]
-    with torch.no_grad():
-        for name, prm in params:
-            if "layer_norm" not in name:
-                std = 0.5 / max(1, prm.shape[-1]) ** 0.5 if prm.ndim > 1 else 0.1
-                prm.copy_(torch.randn(prm.shape, generator=g) * std)
+    seg = redraw_decoder(create_model("test/sam-tiny", device="cpu"))
     rng = np.random.default_rng(0)
     img = (rng.random((3, 40, 50)) * 80).astype(np.float32)
     img[:, 8:30, 12:40] += 150

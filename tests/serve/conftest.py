@@ -10,21 +10,11 @@ import pytest
 
 @pytest.fixture()
 def tiny_sam():
-    """``test/sam-tiny`` with prompt encoder and decoder weights redrawn at a useful scale (the
-    card's init gives logits ~1e-5 that hardly depend on the prompt)."""
-    import torch
-
+    """``test/sam-tiny`` with a decoder whose masks depend on the prompt (``tests._sam``)."""
     from medfm.models import create_model
+    from tests._sam import redraw_decoder
 
-    seg = create_model("test/sam-tiny", device="cpu", precision="fp32")
-    g = torch.Generator().manual_seed(0)
-    params = [*seg.model.mask_decoder.named_parameters(), *seg.model.prompt_encoder.named_parameters()]
-    with torch.no_grad():
-        for name, prm in params:
-            if "layer_norm" not in name:
-                std = 0.5 / max(1, prm.shape[-1]) ** 0.5 if prm.ndim > 1 else 0.1
-                prm.copy_(torch.randn(prm.shape, generator=g) * std)
-    return seg
+    return redraw_decoder(create_model("test/sam-tiny", device="cpu", precision="fp32"))
 
 
 def png_bytes(seed: int = 0, shape: tuple[int, int] = (48, 64)) -> bytes:

@@ -20,7 +20,7 @@ def client(tiny_sam):
 
 def test_upload_render_and_segment_over_http(client, tiny_sam) -> None:
     page = client.get("/")
-    assert page.status_code == 200 and "test/sam-tiny" in page.text and "images/${imageId}/segment" in page.text
+    assert page.status_code == 200 and "test/sam-tiny" in page.text and all(f'send("{a}")' in page.text for a in ("segment", "propagate"))
     assert client.get("/health").json()["model"] == "test/sam-tiny"
     up = client.post("/images", params={"name": "a.png"}, content=png_bytes(0))
     assert up.status_code == 200, up.text

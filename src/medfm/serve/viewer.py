@@ -83,15 +83,18 @@ function tint(png) {  // the 0/255 mask PNG -> a red overlay with transparent ba
     img.src = "data:image/png;base64," + png;
   });
 }
-async function segment() {
-  if (!imageId || (!box && !points.length)) return;
+function send(action) {  // the current slice's box and points to images/{id}/{action}
   const prompt = {slice: z};
   if (box) prompt.box = box.map(Math.round);
   if (points.length) { prompt.points = points; prompt.labels = labels; }
+  return call(`images/${imageId}/${action}`, {
+    method: "POST", headers: {"content-type": "application/json"}, body: JSON.stringify(prompt)});
+}
+async function segment() {
+  if (!imageId || (!box && !points.length)) return;
   try {
     say("segmenting ...");
-    const r = await call(`images/${imageId}/segment`, {
-      method: "POST", headers: {"content-type": "application/json"}, body: JSON.stringify(prompt)});
+    const r = await send("segment");
     mask = await tint(r.mask_png);
     save.href = "data:image/png;base64," + r.mask_png; save.hidden = false;
     const mm = r.area_mm2 != null ? `, ${r.area_mm2.toFixed(1)} mm\u00b2` : " (no pixel spacing in the file)";
@@ -113,13 +116,9 @@ function showSlice() {  // draw slice z of the current image; prompts start agai
 }
 document.getElementById("propagate").addEventListener("click", async () => {
   if (!imageId || (!box && !points.length)) { say("draw a box or click points on a key slice first", true); return; }
-  const prompt = {slice: z};
-  if (box) prompt.box = box.map(Math.round);
-  if (points.length) { prompt.points = points; prompt.labels = labels; }
   try {
     say("propagating through the volume ...");
-    const r = await call(`images/${imageId}/propagate`, {
-      method: "POST", headers: {"content-type": "application/json"}, body: JSON.stringify(prompt)});
+    const r = await send("propagate");
     vol = r.masks;
     if (vol[z]) { mask = await tint(vol[z]); draw(); }
     const ml = r.volume_ml != null ? `, ${r.volume_ml.toFixed(2)} mL` : " (no spacing in the file)";
