@@ -4,10 +4,9 @@ Endpoints (JSON unless said otherwise; coordinates are pixels of the displayed s
 ``[x0, y0, x1, y1]``, points ``[x, y]``):
 
 - ``GET  /health``: ``{"status": "ok", "model": id, "images": n}``
-- ``POST /images?name=FILE``: body = the file's bytes (PNG/JPEG/TIFF/DICOM/NIfTI/NRRD, or a .zip of
-  one DICOM series); returns
-  its description: ``id``, ``width``, ``height``, ``depth`` (slices; 1 for a 2D image), ``slice``
-  (the middle one, used when a request names none), ``spacing_mm``
+- ``POST /images?name=FILE``: body = the file's bytes (PNG/JPEG/TIFF/DICOM/NIfTI/NRRD, or a .zip
+  of one DICOM series); returns its description: ``id``, ``width``, ``height``, ``depth`` (slices;
+  1 for a 2D image), ``slice`` (the middle one, used when a request names none), ``spacing_mm``
 - ``GET  /images``: the images held; ``DELETE /images/{id}``
 - ``GET  /images/{id}/display.png[?slice=Z]``: the 8-bit rendering of a slice the viewer draws on
 - ``POST /images/{id}/segment``: ``{"box": [...], "points": [[...]], "labels": [1, 0], "slice": Z}`` ->
@@ -24,7 +23,7 @@ Bad input is HTTP 400 with one line in ``detail``; an unknown image id is 404.
 from typing import Any
 
 from medfm._optional import optional_import
-from medfm.errors import MedfmError
+from medfm.errors import InputError, MedfmError
 from medfm.serve.service import SegmentationService
 from medfm.serve.viewer import VIEWER_HTML
 
@@ -70,6 +69,9 @@ def create_app(service: SegmentationService) -> Any:
 
     @app.post("/images")
     async def upload(request: fastapi.Request, name: str = "upload") -> dict[str, Any]:
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > service.max_bytes:  # refuse before reading it
+            raise InputError(f"{name}: {size} bytes is more than the service accepts ({service.max_bytes})")
         data = await request.body()
         # reading and embedding take seconds: off the event loop, so other requests are served
         return await run_in_threadpool(service.add_image, data, name)
