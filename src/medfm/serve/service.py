@@ -4,7 +4,8 @@
 capability, e.g. SAM / MedSAM) and the images and volumes uploaded to it. Prompts go to one 2D
 slice at a time; the image encoder runs once per slice (its embedding is kept, least recently
 used first out), and every box or point prompt then only runs the prompt encoder and mask
-decoder, which is what makes clicking in the viewer interactive. Plain Python, no web framework: ``medfm.serve.app`` wraps it in FastAPI.
+decoder, which is what makes clicking in the viewer interactive. Plain Python, no web
+framework: ``medfm.serve.app`` wraps it in FastAPI.
 """
 
 from __future__ import annotations
