@@ -229,7 +229,8 @@ def evaluate_model(
     chosen: list[dict[str, Any]] = []
     inner_c: list[float] = []  # best inner-CV C per outer fold (training rows only)
     ev_all, t_all, high_all = [], [], []
-    for tr, te in splits:
+    per_repeat = len(splits) // cfg.repeats
+    for k, (tr, te) in enumerate(splits):
         train = table.subset(tr)
         if cfg.tune:
             params, scored = tune_params(train, model, cfg, tune_cache)
@@ -254,7 +255,7 @@ def evaluate_model(
                 rows=te,
             )
         )
-        if len(folds) <= len(splits) // cfg.repeats:  # risk groups from the first repeat: each row once
+        if k < per_repeat:  # risk groups from the first repeat: each row once
             cut = float(np.median(pipe.predict_risk(train.X)))
             ev_all.append(table.event[te])
             t_all.append(table.time[te])
