@@ -30,3 +30,28 @@ def test_serve_builds_the_app_and_checks_options(monkeypatch: pytest.MonkeyPatch
         assert main(["serve", *args]) == 2, args
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_serve_takes_a_saved_sam_folder_and_refuses_a_train_seg_model(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import uvicorn
+
+    from medfm.models import create_model, get_model_card
+    from medfm.models.zoo import save_model
+    from medfm.tasks.segmentation.model import is_trained_model_dir
+
+    started: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, log_level: started.update(app=app))
+    saved = save_model(create_model("test/sam-tiny", device="cpu"), get_model_card("test/sam-tiny"), tmp_path / "sam")
+    assert not is_trained_model_dir(saved)  # same file names as a train-seg folder, but a zoo model
+    assert main(["serve", "--model", str(saved)]) == 0 and "app" in started
+    trained = tmp_path / "unet"
+    trained.mkdir()
+    (trained / "model_card.json").write_text(json.dumps({"id": "trained/x", "config": {"segmentation": {}}}))
+    (trained / "model.safetensors").write_bytes(b"")
+    capsys.readouterr()
+    assert main(["serve", "--model", str(trained)]) == 2
+    assert "takes no prompts" in capsys.readouterr().err

@@ -32,12 +32,18 @@ def serve_command(
     from medfm.cli._common import err_console
     from medfm.models import create_model
     from medfm.serve import SegmentationService, create_app
+    from medfm.tasks.segmentation.model import is_trained_model_dir
 
     check_precision(precision, "--precision")
     if not 0 < port < 65536:
         raise ConfigError(f"--port must be 1..65535, got {port}")
     if min(max_images, max_embeddings, max_upload_mb) < 1:
         raise ConfigError("--max-images, --max-embeddings and --max-upload-mb must be >= 1")
+    if is_trained_model_dir(model):
+        raise ConfigError(
+            f"{model}: a trained segmentation model (train-seg / seg-ensemble) takes no prompts; serve needs a "
+            "promptable one (SAM family, e.g. medsam/vit-base). Segment files with `medfm segment --model DIR`"
+        )
     uvicorn = optional_import("uvicorn")
     optional_import("fastapi")
     configure_threads()

@@ -233,9 +233,16 @@ def is_ensemble_dir(path: str | Path) -> bool:
 
 
 def is_trained_model_dir(path: str | Path) -> bool:
-    """A folder written by ``train-seg`` (card + weights) or by ``seg-ensemble``."""
+    """A folder written by ``train-seg`` (card with ``config.segmentation`` + weights) or by
+    ``seg-ensemble``; not a zoo model saved by ``save_model`` (same file names, no such config)."""
     p = Path(path)
-    return (p.is_dir() and (p / CARD_FILE).is_file() and (p / WEIGHTS_FILE).is_file()) or is_ensemble_dir(p)
+    if not (p.is_dir() and (p / CARD_FILE).is_file()):
+        return False
+    try:
+        config = read_card_config(p)
+    except InputError:
+        return False
+    return ("segmentation" in config and (p / WEIGHTS_FILE).is_file()) or "ensemble" in config
 
 
 # -- inference -------------------------------------------------------------------------------
