@@ -1,0 +1,407 @@
+"""Federated training across sites that keep their images: FedAvg / FedProx, optional DP-SGD.
+
+``dirichlet_split`` makes non-IID sites: each class's training images are shared among the
+sites with proportions drawn from Dirichlet(alpha) (small alpha = strong label skew); with
+``size_skew`` the sites' sizes are skewed too (a second Dirichlet over sites).
+
+``run_federated(data, cfg)`` trains a small CNN (no batch norm, so that Opacus can clip
+per-sample gradients) and reports test AUROC with bootstrap CIs for the federated model, the
+centralised model (all training images in one place, same epochs) and each site alone. The
+global model of every round is scored on the validation split and the best round is kept
+(the same rule for every arm). Each round every site starts from the global weights, trains
+``local_epochs`` (FedProx adds (mu / 2) ||w - w_global||^2 to its loss), and the server
+averages the weights weighted by the sites' sizes (McMahan et al. 2017).
+
+With ``cfg.dp_epsilon`` each site trains with Opacus DP-SGD (per-sample clipping at
+``max_grad_norm``, Gaussian noise calibrated by Opacus to reach ``dp_epsilon`` at ``dp_delta``
+over all its local steps); the per-site epsilon reported is the one Opacus' accountant gives.
+
+``FlowerSite`` wraps one site as a Flower ``NumPyClient`` (the same local training), and
+``run_flower_grpc`` runs server and clients over gRPC on loopback (Flower 1.42 API).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from medfm.errors import ConfigError, InputError
+
+STRATEGIES = ("fedavg", "fedprox")
+
+
+@dataclass
+class FederatedConfig:
+    """``sites``, Dirichlet ``alpha`` (label skew), ``size_skew`` (None = sizes follow the
+    label split only; a number = Dirichlet concentration over site sizes), ``rounds``,
+    ``local_epochs``, ``strategy`` fedavg | fedprox with ``mu``; local ``optimizer`` adam | sgd
+    (momentum 0.9), kept across rounds at each site unless ``reset_optimizer``; DP: ``dp_epsilon`` (None = off),
+    ``dp_delta``, ``max_grad_norm``; optimiser ``lr`` / ``batch_size``; ``n_boot`` for CIs."""
+
+    sites: int = 5
+    alpha: float = 0.5
+    size_skew: float | None = None
+    rounds: int = 20
+    local_epochs: int = 1
+    strategy: str = "fedavg"
+    mu: float = 0.01
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    reset_optimizer: bool = False
+    batch_size: int = 32
+    dp_epsilon: float | None = None
+    dp_delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    single_sites: bool = True
+    centralised: bool = True
+    n_boot: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"federated: strategy must be one of {STRATEGIES}, got '{self.strategy}'")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"federated: optimizer must be adam or sgd, got '{self.optimizer}'")
+        if self.sites < 1 or self.rounds < 1 or self.local_epochs < 1 or self.batch_size < 1:
+            raise ConfigError("federated: sites, rounds, local_epochs and batch_size must be >= 1")
+        if self.alpha <= 0 or (self.size_skew is not None and self.size_skew <= 0):
+            raise ConfigError(f"federated: alpha and size_skew must be positive (got {self.alpha}, {self.size_skew})")
+        if self.dp_epsilon is not None and self.dp_epsilon <= 0:
+            raise ConfigError(f"federated: dp_epsilon must be positive, got {self.dp_epsilon}")
+
+
+def dirichlet_split(y: np.ndarray, sites: int, alpha: float, seed: int = 0, size_skew: float | None = None) -> list[np.ndarray]:
+    """Indices of each site: per class, a Dirichlet(alpha) share of that class's samples.
+
+    ``size_skew`` additionally multiplies each site's class shares by a Dirichlet(size_skew)
+    site weight (renormalised per class), so some sites end up much larger than others.
+    Sites may come out empty at small alpha; ``check_sites`` refuses that.
+    """
+    y = np.asarray(y).reshape(-1).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    weight = rng.dirichlet(np.full(sites, size_skew)) if size_skew is not None else np.ones(sites)
+    parts: list[list[int]] = [[] for _ in range(sites)]
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        p = rng.dirichlet(np.full(sites, alpha)) * weight
+        p = p / p.sum()
+        cuts = (np.cumsum(p)[:-1] * len(idx)).round().astype(int)
+        for s, chunk in enumerate(np.split(idx, cuts)):
+            parts[s].extend(chunk.tolist())
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+def check_sites(parts: list[np.ndarray], min_samples: int = 1) -> None:
+    """A site with fewer than ``min_samples`` training images is an InputError naming it."""
+    for i, p in enumerate(parts):
+        if len(p) < min_samples:
+            raise InputError(
+                f"federated: site {i} has {len(p)} training samples (needs at least {min_samples}); "
+                "raise alpha / size_skew, use fewer sites, or change the seed"
+            )
+
+
+# --------------------------------------------------------------------------------------
+# model and local training
+# --------------------------------------------------------------------------------------
+def build_cnn(in_channels: int, n_classes: int, size: int) -> Any:
+    """A small CNN without batch norm (Opacus needs per-sample gradients): 2 conv blocks + MLP."""
+    from torch import nn
+
+    feat = 32 * (size // 4) ** 2
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(feat, 64), nn.ReLU(), nn.Linear(64, n_classes),
+    )
+
+
+def _tensor(x: np.ndarray) -> Any:
+    import torch
+
+    t = torch.as_tensor(np.ascontiguousarray(x))
+    t = t.float() / 255.0 if x.dtype == np.uint8 else t.float()
+    return (t - 0.5) / 0.5
+
+
+def get_weights(model: Any) -> list[np.ndarray]:
+    """The model's state as numpy arrays (Flower's parameter format), in state-dict order."""
+    return [v.detach().cpu().numpy().copy() for v in model.state_dict().values()]
+
+
+def set_weights(model: Any, weights: list[np.ndarray]) -> None:
+    import torch
+
+    keys = list(model.state_dict().keys())
+    if len(keys) != len(weights):
+        raise InputError(f"federated: {len(weights)} weight arrays for a model with {len(keys)}")
+    model.load_state_dict({k: torch.as_tensor(w) for k, w in zip(keys, weights, strict=True)}, strict=True)
+
+
+def average(weights: list[list[np.ndarray]], sizes: list[int]) -> list[np.ndarray]:
+    """FedAvg: per-array mean weighted by the sites' sample counts."""
+    total = float(sum(sizes))
+    return [sum(w[i] * (n / total) for w, n in zip(weights, sizes, strict=True)) for i in range(len(weights[0]))]
+
+
+class Site:
+    """One site's private data and optimiser state; ``fit(global_weights)`` = one round of local training."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, model: Any, cfg: FederatedConfig, seed: int, epochs_total: int) -> None:
+        import torch
+        from torch.utils.data import DataLoader, TensorDataset
+
+        if len(y) == 0:
+            raise InputError("federated: a site with no samples")
+        self.n = int(len(y))
+        self.cfg = cfg
+        gen = torch.Generator().manual_seed(seed)
+        ds = TensorDataset(_tensor(x), torch.as_tensor(np.asarray(y), dtype=torch.long))
+        self.loader = DataLoader(ds, batch_size=min(cfg.batch_size, self.n), shuffle=True, generator=gen)
+        self.model = copy.deepcopy(model)
+        if cfg.optimizer == "sgd":
+            self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=0.9)
+        else:
+            self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.engine = None
+        self.noise_multiplier: float | None = None
+        if cfg.dp_epsilon is not None:
+            from opacus import PrivacyEngine
+
+            self.engine = PrivacyEngine(accountant="rdp", secure_mode=False)
+            self.model, self.opt, self.loader = self.engine.make_private_with_epsilon(
+                module=self.model, optimizer=self.opt, data_loader=self.loader, target_epsilon=cfg.dp_epsilon,
+                target_delta=cfg.dp_delta, epochs=epochs_total, max_grad_norm=cfg.max_grad_norm,
+            )
+            self.noise_multiplier = float(self.opt.noise_multiplier)
+
+    @property
+    def plain(self) -> Any:
+        """The underlying module (Opacus wraps it in a GradSampleModule)."""
+        return getattr(self.model, "_module", self.model)
+
+    def fit(self, global_weights: list[np.ndarray], epochs: int, mu: float = 0.0) -> list[np.ndarray]:
+        import torch
+        import torch.nn.functional as F
+
+        set_weights(self.plain, global_weights)
+        if self.cfg.reset_optimizer:  # else each site keeps its optimiser state across rounds (a stateful client)
+            getattr(self.opt, "original_optimizer", self.opt).state.clear()
+        anchor = [torch.as_tensor(w) for w in global_weights] if mu > 0 else None
+        params = list(self.plain.state_dict().keys())
+        named = dict(self.plain.named_parameters())
+        self.model.train()
+        for _ in range(epochs):
+            for xb, yb in self.loader:
+                if len(yb) == 0:  # Poisson sampling (DP) can draw an empty batch
+                    continue
+                self.opt.zero_grad()
+                loss = F.cross_entropy(self.model(xb), yb)
+                if anchor is not None:
+                    prox = sum(((named[k] - a) ** 2).sum() for k, a in zip(params, anchor, strict=True) if k in named)
+                    loss = loss + 0.5 * mu * prox
+                loss.backward()
+                self.opt.step()
+        return get_weights(self.plain)
+
+    def epsilon(self) -> float | None:
+        return None if self.engine is None else float(self.engine.get_epsilon(self.cfg.dp_delta))
+
+    def steps(self) -> int:
+        if self.engine is None:
+            return 0
+        return int(sum(n for _, _, n in self.engine.accountant.history))
+
+
+def _probs(model: Any, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        return torch.softmax(model(_tensor(x)), dim=1).numpy().astype(np.float64)
+
+
+def _auroc(y: np.ndarray, p: np.ndarray, task: str) -> float:
+    from medfm.metrics.classification import point_metric
+
+    v = point_metric("auroc", y, p, task)
+    return v if math.isfinite(v) else -1.0
+
+
+# --------------------------------------------------------------------------------------
+# the benchmark: federated vs centralised vs each site alone
+# --------------------------------------------------------------------------------------
+@dataclass
+class ArmResult:
+    """One arm: its test metrics (with CIs), the chosen round, val AUROC per round, privacy."""
+
+    name: str
+    metrics: dict[str, Any]
+    best_round: int
+    val_auroc: list[float]
+    n_train: int
+    epsilon: list[float | None] = field(default_factory=list)
+    noise_multiplier: list[float | None] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class FederatedResult:
+    """Arms (``federated``, ``centralised``, ``site_0``...), the site sizes and label counts."""
+
+    config: FederatedConfig
+    arms: dict[str, ArmResult]
+    site_sizes: list[int]
+    site_label_counts: list[list[int]]
+
+    def ratio_to_centralised(self, metric: str = "auroc") -> float | None:
+        if "centralised" not in self.arms:
+            return None
+        return float(self.arms["federated"].metrics[metric].value / self.arms["centralised"].metrics[metric].value)
+
+
+def _train_arm(name: str, site_data: list[tuple[np.ndarray, np.ndarray]], data: Any, cfg: FederatedConfig,
+               rounds: int, mu: float) -> ArmResult:
+    """Rounds of (local training at each site, size-weighted average); best round on val."""
+    import torch
+
+    from medfm.metrics.classification import compute_metrics
+
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    x0 = data.train_x
+    model = build_cnn(x0.shape[1], data.n_classes, x0.shape[-1])
+    sites = [Site(x, y, model, cfg, cfg.seed + 1000 * i, rounds * cfg.local_epochs) for i, (x, y) in enumerate(site_data)]
+    glob = get_weights(model)
+    best = (-math.inf, 0, glob)
+    vals = []
+    for r in range(rounds):
+        local = [s.fit(glob, cfg.local_epochs, mu) for s in sites]
+        glob = average(local, [s.n for s in sites]) if len(sites) > 1 else local[0]
+        set_weights(model, glob)
+        v = _auroc(data.val_y, _probs(model, data.val_x), data.task)
+        vals.append(round(v, 4))
+        if v > best[0]:
+            best = (v, r + 1, glob)
+    set_weights(model, best[2])
+    metrics = compute_metrics(data.test_y, _probs(model, data.test_x), data.task, n_boot=cfg.n_boot, seed=cfg.seed)
+    return ArmResult(name, metrics, best[1], vals, sum(s.n for s in sites), [s.epsilon() for s in sites],
+                     [s.noise_multiplier for s in sites], time.perf_counter() - t0)
+
+
+def run_federated(data: Any, cfg: FederatedConfig | None = None) -> FederatedResult:
+    """Federated (``cfg.strategy``) vs centralised vs single sites on ``data`` (an ``ImageSplits``)."""
+    cfg = cfg or FederatedConfig()
+    if data.task == "multilabel":
+        raise ConfigError("federated: label-skew splits need single-label classes")
+    if data.train_x.ndim != 4 or data.train_x.shape[-1] != data.train_x.shape[-2] or data.train_x.shape[-1] % 4:
+        raise InputError(f"federated: needs square 2D images with a side divisible by 4, got {data.train_x.shape[1:]}")
+    parts = dirichlet_split(data.train_y, cfg.sites, cfg.alpha, cfg.seed, cfg.size_skew)
+    check_sites(parts)
+    site_data = [(data.train_x[p], data.train_y[p]) for p in parts]
+    mu = cfg.mu if cfg.strategy == "fedprox" else 0.0
+    arms = {"federated": _train_arm("federated", site_data, data, cfg, cfg.rounds, mu)}
+    plain = dataclasses.replace(cfg, dp_epsilon=None)  # the comparison arms train without DP
+    if cfg.centralised:
+        arms["centralised"] = _train_arm("centralised", [(data.train_x, data.train_y)], data, plain,
+                                         cfg.rounds * cfg.local_epochs, 0.0)
+    if cfg.single_sites:
+        for i, sd in enumerate(site_data):
+            arms[f"site_{i}"] = _train_arm(f"site_{i}", [sd], data, plain, cfg.rounds * cfg.local_epochs, 0.0)
+    counts = [np.bincount(np.asarray(y, dtype=np.int64), minlength=data.n_classes).tolist() for _, y in site_data]
+    return FederatedResult(cfg, arms, [len(p) for p in parts], counts)
+
+
+# --------------------------------------------------------------------------------------
+# Flower: the same site as a NumPyClient, server + clients over gRPC on loopback
+# --------------------------------------------------------------------------------------
+def flower_client(site: Site, epochs: int) -> Any:
+    """A Flower ``NumPyClient`` training ``site`` (FedProx's mu comes in the fit config)."""
+    from medfm._optional import optional_import
+
+    fl = optional_import("flwr")
+
+    class FlowerSite(fl.client.NumPyClient):
+        def get_parameters(self, config: dict) -> list[np.ndarray]:
+            return get_weights(site.plain)
+
+        def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
+            w = site.fit(parameters, epochs, float(config.get("proximal_mu", 0.0)))
+            eps = site.epsilon()
+            return w, site.n, {} if eps is None else {"epsilon": eps}
+
+    return FlowerSite()
+
+
+def run_flower_grpc(site_data: list[tuple[np.ndarray, np.ndarray]], n_classes: int, rounds: int = 2,
+                    cfg: FederatedConfig | None = None, port: int | None = None, timeout: float = 120.0) -> FlowerRun:
+    """Flower server and one client per site, over gRPC on 127.0.0.1; returns the final weights."""
+    import socket
+    import threading
+
+    import torch
+
+    from medfm._optional import optional_import
+
+    fl = optional_import("flwr")
+    cfg = cfg or FederatedConfig(sites=len(site_data), rounds=rounds)
+    if port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    torch.manual_seed(cfg.seed)
+    x0 = site_data[0][0]
+    model = build_cnn(x0.shape[1], n_classes, x0.shape[-1])
+    sites = [Site(x, y, model, cfg, cfg.seed + 1000 * i, rounds * cfg.local_epochs) for i, (x, y) in enumerate(site_data)]
+    init = fl.common.ndarrays_to_parameters(get_weights(model))
+    kw = {"fraction_fit": 1.0, "fraction_evaluate": 0.0, "min_fit_clients": len(sites), "min_available_clients": len(sites),
+          "initial_parameters": init}
+    base = fl.server.strategy.FedProx if cfg.strategy == "fedprox" else fl.server.strategy.FedAvg
+    final: dict[str, Any] = {}
+
+    class Recording(base):  # keeps the last aggregated weights (start_server returns only the history)
+        def aggregate_fit(self, server_round, results, failures):  # type: ignore[no-untyped-def]
+            params, metrics = super().aggregate_fit(server_round, results, failures)
+            if params is not None:
+                final["weights"] = fl.common.parameters_to_ndarrays(params)
+                final["round"] = server_round
+            return params, metrics
+
+    strategy = Recording(proximal_mu=cfg.mu, **kw) if cfg.strategy == "fedprox" else Recording(**kw)
+    address = f"127.0.0.1:{port}"
+    errors: list[BaseException] = []
+
+    def client(i: int) -> None:
+        try:
+            fl.client.start_client(server_address=address, client=flower_client(sites[i], cfg.local_epochs).to_client())
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(len(sites))]
+    for t in threads:
+        t.start()
+    history = fl.server.start_server(server_address=address, config=fl.server.ServerConfig(num_rounds=rounds, round_timeout=timeout),
+                                     strategy=strategy)
+    for t in threads:
+        t.join(timeout)
+    if errors:
+        raise errors[0]
+    if "weights" not in final:
+        raise InputError("federated: the Flower server finished without aggregating a round")
+    return FlowerRun(history, final["weights"], int(final["round"]), [s.epsilon() for s in sites])
+
+
+@dataclass
+class FlowerRun:
+    """What ``run_flower_grpc`` returns: Flower's history, the final global weights, rounds done, per-site epsilon."""
+
+    history: Any
+    weights: list[np.ndarray]
+    rounds: int
+    epsilon: list[float | None]

@@ -1,0 +1,120 @@
+"""Federated training: Dirichlet splits, FedAvg/FedProx, Opacus epsilon vs its accountant, Flower over gRPC."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medfm.errors import InputError
+from medfm.tasks.trust import federated as fed
+
+
+def _toy(n: int = 120, seed: int = 0, size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Images whose class is which half is brighter (learnable in a few steps)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    x = rng.random((n, 1, size, size)).astype(np.float32) * 0.5
+    x[y == 0, :, :, : size // 2] += 0.5
+    x[y == 1, :, :, size // 2:] += 0.5
+    return x, y
+
+
+def _splits(seed: int = 0):
+    from medfm.tasks.classification import ImageSplits
+
+    (xt, yt), (xv, yv), (xs, ys) = _toy(160, seed), _toy(60, seed + 1), _toy(80, seed + 2)
+    return ImageSplits(xt, yt, xv, yv, xs, ys, label_names=("a", "b"), task="binary")
+
+
+def test_dirichlet_split_partitions_and_skews() -> None:
+    y = np.repeat([0, 1, 2], 200)
+    for alpha in (0.1, 100.0):
+        parts = fed.dirichlet_split(y, 5, alpha, seed=1)
+        assert sorted(np.concatenate(parts).tolist()) == list(range(len(y)))
+    def skew(alpha: float) -> float:
+        parts = fed.dirichlet_split(y, 5, alpha, seed=1)
+        return float(np.mean([np.bincount(y[p], minlength=3).max() / max(len(p), 1) for p in parts if len(p)]))
+    assert skew(0.1) > skew(100.0) + 0.2
+    assert skew(100.0) < 0.45  # near-IID: each site close to a third per class
+    sizes_even = [len(p) for p in fed.dirichlet_split(y, 5, 100.0, seed=1)]
+    sizes_skew = [len(p) for p in fed.dirichlet_split(y, 5, 100.0, seed=1, size_skew=0.5)]
+    assert np.std(sizes_skew) > 2 * np.std(sizes_even)
+
+
+def test_site_with_no_samples_is_input_error() -> None:
+    parts = fed.dirichlet_split(np.repeat([0, 1], 10), 12, 0.05, seed=0)
+    assert any(len(p) == 0 for p in parts)
+    with pytest.raises(InputError, match=r"site \d+ has 0 training samples"):
+        fed.check_sites(parts)
+
+
+def test_average_is_size_weighted() -> None:
+    a = [np.ones(3), np.zeros(2)]
+    b = [np.zeros(3), np.ones(2)]
+    avg = fed.average([a, b], [3, 1])
+    assert np.allclose(avg[0], 0.75) and np.allclose(avg[1], 0.25)
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedprox"])
+def test_run_federated_learns_toy(strategy: str) -> None:
+    cfg = fed.FederatedConfig(sites=3, alpha=1.0, rounds=4, strategy=strategy, mu=0.1, lr=3e-3, n_boot=50)
+    res = fed.run_federated(_splits(), cfg)
+    assert set(res.arms) == {"federated", "centralised", "site_0", "site_1", "site_2"}
+    assert sum(res.site_sizes) == 160
+    assert res.arms["federated"].metrics["auroc"].value > 0.9
+    assert res.arms["centralised"].metrics["auroc"].value > 0.9
+    assert 1 <= res.arms["federated"].best_round <= 4 and len(res.arms["federated"].val_auroc) == 4
+
+
+def test_opacus_epsilon_equals_accountant() -> None:
+    import torch
+    from opacus.accountants import RDPAccountant
+
+    x, y = _toy(96)
+    cfg = fed.FederatedConfig(dp_epsilon=3.0, dp_delta=1e-5, batch_size=16, lr=1e-2)
+    torch.manual_seed(0)
+    site = fed.Site(x, y, fed.build_cnn(1, 2, 8), cfg, seed=0, epochs_total=3)
+    w = fed.get_weights(site.plain)
+    for _ in range(3):
+        w = site.fit(w, 1)
+    reported = site.epsilon()
+    sample_rate = 16 / 96
+    acc = RDPAccountant()
+    acc.history = [(site.noise_multiplier, sample_rate, site.steps())]
+    assert site.steps() > 0
+    assert reported == pytest.approx(acc.get_epsilon(1e-5), rel=1e-9)
+    assert 2.5 < reported <= 3.0 + 0.05  # Opacus calibrated the noise to the target over the planned epochs
+
+
+def test_flower_two_rounds_two_clients_over_grpc() -> None:
+    pytest.importorskip("flwr", reason="Flower (flwr==1.42.*) is not installed")
+    x, y = _toy(64)
+    cfg = fed.FederatedConfig(sites=2, rounds=2, lr=3e-3)
+    run = fed.run_flower_grpc([(x[:32], y[:32]), (x[32:], y[32:])], n_classes=2, rounds=2, cfg=cfg)
+    assert run.rounds == 2
+    assert [w.shape for w in run.weights] == [w.shape for w in fed.get_weights(fed.build_cnn(1, 2, 8))]
+    # the aggregated weights differ from the (same-seed) initial ones: the clients trained
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    init = fed.get_weights(fed.build_cnn(1, 2, 8))
+    assert any(not np.allclose(a, b) for a, b in zip(run.weights, init, strict=True))
+
+
+@pytest.mark.slow  # ~20 s: a 1-round federated run with DP on BreastMNIST
+def test_cli_federated_bad_site_and_small_run(shared_data, tmp_path, capsys) -> None:
+    import json
+
+    from medfm.cli.main import main
+
+    base = ["federated", "--dataset", "breastmnist", "--data-dir", str(shared_data), "--n-boot", "0"]
+    assert main([*base, "--sites", "40", "--alpha", "0.01"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len([line for line in err if line.startswith("medfm: error")]) == 1 and "training samples" in err[-1]
+    out = tmp_path / "fed"
+    assert main([*base, "--sites", "2", "--rounds", "1", "--no-single-sites", "--dp-epsilon", "8", "--out", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert set(doc["arms"]) == {"federated/fedavg", "centralised", "federated/fedavg+dp(eps=8)"}
+    eps = doc["arms"]["federated/fedavg+dp(eps=8)"]["epsilon_per_site"]
+    assert len(eps) == 2 and all(0 < e <= 8.05 for e in eps)
+    assert "privacy-utility" in (out / "report.html").read_text()
