@@ -41,7 +41,8 @@ def file_hash(path: str | Path, algo: str = "sha256", chunk: int = 1 << 20) -> s
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; rename it onto ``target`` only on success."""
+    """Yield a temporary path beside ``target``; on success fsync it, rename it onto ``target``
+    and fsync the folder, so a crash leaves either the old file or the complete new one."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
@@ -53,10 +54,32 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             umask = os.umask(0)
             os.umask(umask)
             tmp_path.chmod(0o666 & ~umask)
+            _fsync_path(tmp_path)
         os.replace(tmp_path, target)
+        _fsync_path(target.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _fsync_path(path: Path) -> None:
+    """fsync a file, or a folder after a rename in it (skipped where the OS or file system can't)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_durably(target: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``target`` atomically and durably (see ``atomic_path``)."""
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_text(target: str | Path, text: str) -> None:

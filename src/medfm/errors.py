@@ -30,3 +30,11 @@ class ChecksumError(MedfmError):
 
 class OutputError(MedfmError):
     """An output location cannot be written (not empty without --force, not writable)."""
+
+
+class IncompleteResultsError(MedfmError):
+    """A run ended with fewer results than it planned (cells missing); the message names them."""
+
+
+class TrainingDivergedError(MedfmError):
+    """Training stopped because the loss became NaN or infinite (the message names the step)."""

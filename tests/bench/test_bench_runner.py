@@ -51,8 +51,11 @@ def test_crash_then_rerun_does_not_recompute_finished_cells(fake_ctx, tmp_path) 
     crashing = CountingProtocol(fail_after=4)
     with pytest.raises(RuntimeError, match="simulated crash"):
         _run(fake_ctx({"count": crashing}), tmp_path / "out", tmp_path)
-    written = json.loads((tmp_path / "out" / "results.json").read_text())["records"]
-    assert len(written) == 4  # every finished cell was saved before the crash
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(doc["records"]) == 4  # every finished cell was saved before the crash
+    # ... and the file says it is 4 of 6, naming the 2 cells that never ran
+    assert doc["completeness"]["expected"] == 6 and doc["completeness"]["written"] == 4
+    assert len(doc["completeness"]["missing"]) == 2 and all("fake/vision count" in m for m in doc["completeness"]["missing"])
 
     # resume from results.json alone (empty cell cache): only the 2 missing cells run
     proto = CountingProtocol()
@@ -70,7 +73,9 @@ def test_results_json_shape_and_store(fake_ctx, tmp_path) -> None:
     store = ResultsStore(tmp_path / "store.sqlite")
     run = _run(fake_ctx(), tmp_path / "out", tmp_path, store=store)
     doc = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert set(doc) == {"medfm_version", "spec", "records"}
+    assert set(doc) == {"medfm_version", "spec", "completeness", "record_sha256", "records"}
+    assert len(doc["record_sha256"]) == len(doc["records"])
+    assert doc["completeness"] == {"expected": 6, "written": 6, "missing": []}
     assert doc["spec"]["shots"] == [1, 4, "all"]
     rec = doc["records"][0]
     assert {"dataset", "split", "model", "protocol", "shots", "seed", "n", "seconds", "metrics", "provenance", "extra"} <= set(rec)

@@ -135,15 +135,21 @@ def test_default_run_no_arguments(shared_data, tmp_path, monkeypatch, capsys) ->
 
     monkeypatch.setenv("MEDFM_DATA", str(shared_data))
     monkeypatch.chdir(tmp_path)
+    from medfm.bench.runner import default_models
+
     t0 = time.perf_counter()
-    assert main(["bench"]) == 0
+    # the default grid with one seed per label budget (the full 3-seed run is the README's, timed there)
+    assert main(["bench", "--seeds", "1"]) == 0
     seconds = time.perf_counter() - t0
     cap = capsys.readouterr()
     (run_dir,) = (tmp_path / "runs").iterdir()
     doc = json.loads((run_dir / "results.json").read_text())
     combos = {(r["model"], r["protocol"]) for r in doc["records"]}
     assert ("scratch/resnet18", "scratch") in combos
-    assert {("random/vit-b16", p) for p in ("knn", "linear_probe", "prototype")} <= combos
+    floors = [m for m in default_models() if m.startswith("random/")]
+    assert floors, "the default set always has a random-init floor"
+    assert {(m, p) for m in default_models() for p in ("knn", "linear_probe", "prototype")} <= combos
+    assert doc["completeness"]["written"] == doc["completeness"]["expected"]
     assert {r["shots"] for r in doc["records"]} == {1, 4, 16, None}
     assert (run_dir / "report.html").is_file() and "leaderboard" in cap.out
     assert all(r["extra"]["trained"] == (r["protocol"] == "scratch") for r in doc["records"])
@@ -158,3 +164,42 @@ def test_report_command_bad_input(tmp_path, capsys) -> None:
     bad.write_text("{\"records\": [{\"x\": 1}]}")
     assert main(["report", str(bad)]) == 2
     assert "results.json" in _one_line_error(capsys)
+
+
+def _results_file(tmp_path: Path, n: int, completeness=None, drop_completeness: bool = False) -> Path:
+    from medfm.results import MetricValue, Record, write_results
+
+    recs = [Record(dataset="breastmnist", split="test", model=f"m{i}", protocol="knn",
+                   metrics={"auroc": MetricValue(0.6 + 0.01 * i, 0.5, 0.7)}, n=156) for i in range(n)]
+    path = write_results(tmp_path / "results.json", recs, {}, completeness)
+    if drop_completeness:  # a results.json from before completeness was recorded
+        doc = json.loads(path.read_text())
+        del doc["completeness"]
+        path.write_text(json.dumps(doc))
+    return path
+
+
+def test_report_on_a_killed_run_warns_that_it_is_incomplete(tmp_path, capsys) -> None:
+    from medfm.results import Completeness
+
+    path = _results_file(tmp_path, 3, Completeness(8, 3, tuple(f"breastmnist m{i} knn all seed 0" for i in range(3, 8))))
+    assert main(["report", str(path)]) == 0
+    cap = capsys.readouterr()
+    assert "m2" in cap.out  # the leaderboard is still shown ...
+    assert "warning:" in cap.err and "INCOMPLETE: 3 of 8 results written" in cap.err and "m3 knn" in cap.err
+    assert "INCOMPLETE: 3 of 8" in (tmp_path / "report.html").read_text()
+    assert main(["report", str(path), "--json", "--out", str(tmp_path / "r2.html")]) == 0
+    cap = capsys.readouterr()
+    doc = json.loads(cap.out)
+    assert doc["complete"] is False and "3 of 8" in doc["completeness"] and "INCOMPLETE" in cap.err
+
+
+def test_report_on_complete_and_old_results(tmp_path, capsys) -> None:
+    path = _results_file(tmp_path, 2)
+    assert main(["report", str(path)]) == 0
+    cap = capsys.readouterr()
+    assert "warning" not in cap.err and "complete: 2 of 2 results" in cap.err
+    (tmp_path / "old").mkdir()
+    old = _results_file(tmp_path / "old", 2, drop_completeness=True)
+    assert main(["report", str(old)]) == 0
+    assert "completeness unknown" in capsys.readouterr().err

@@ -65,3 +65,16 @@ def test_info_on_a_dicom_seg(shared_data: Path, capsys: pytest.CaptureFixture[st
     assert main(["info", str(path), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["format"] == "dicom-seg" and info["modality"] == "SEG" and info["value_range"] == [0, 1]
+
+
+def test_info_refuses_a_series_with_an_unreadable_file(ct_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shutil.copy(sorted(ct_dir.iterdir())[0], tmp_path / "01.dcm")
+    (tmp_path / "IM0002").write_bytes(bytes(range(256)) * 8)  # one valid slice and one random file
+    assert main(["info", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "IM0002 (not a DICOM file)" in err and "--allow-unreadable" in err
+    assert main(["info", str(tmp_path), "--allow-unreadable", "--json"]) == 0
+    cap = capsys.readouterr()
+    assert "warning:" in cap.err and "IM0002" in cap.err
+    info = json.loads(cap.out)
+    assert info["shape"] == [1, 1, 512, 512] and info["skipped_files"] == ["IM0002 (not a DICOM file)"]

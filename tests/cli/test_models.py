@@ -18,6 +18,8 @@ def test_list_json_and_table(capsys) -> None:
     assert by_id["test/vit-tiny-timm"]["weights"] == "random-init"
     assert by_id["medsiglip/448"]["gated"] is True
     assert by_id["dinov2/base"]["weights"] == "missing"
+    sig = by_id["signal/resnet1d-small"]  # the 1D signal encoders are listed with the image zoo
+    assert sig["capabilities"] == ["signal_encoder"] and sig["embed_dim"] == 128
     assert main(["models", "list"]) == 0
     assert "sam/vit-base" in capsys.readouterr().out
 
@@ -25,7 +27,7 @@ def test_list_json_and_table(capsys) -> None:
 def test_show_json_and_unknown(capsys) -> None:
     assert main(["models", "show", "medsam/vit-base", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["preprocess"]["scale"] == "minmax" and info["weights"] == "missing" and info["license"] == "Apache-2.0"
+    assert info["preprocess"]["intensity"] == "minmax" and info["weights"] == "missing" and info["license"] == "Apache-2.0"
     assert main(["models", "show", "dinov2/base"]) == 0
     assert "medfm models pull dinov2/base" in capsys.readouterr().out
     assert main(["models", "show", "dinov3/base"]) == 2
@@ -92,9 +94,11 @@ def test_pull_on_a_connected_machine_then_offline_load(tmp_path: Path, capsys, m
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(hub, "endpoint_reachable", lambda timeout=2.0: True)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    sha = "f" * 40  # what the hub says main points to: exactly that commit is downloaded and recorded
+    monkeypatch.setattr(hub, "resolve_revision", lambda repo, revision, token: sha)
     assert main(["models", "pull", "dinov2/base", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert ("facebook/dinov2-base", None, False) in calls
+    assert ("facebook/dinov2-base", sha, False) in calls and out["commit"] == sha
     assert (Path(out["folder"]) / hub.MARKER).is_file()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     m = create_model("dinov2/base", device="cpu", precision="fp32")

@@ -239,3 +239,62 @@ def test_repeats_option_reaches_the_protocol(tmp_path: Path, capsys: pytest.Capt
     capsys.readouterr()
     assert main([*args, "--repeats", "0"]) == 2
     assert "--repeats must be >= 1" in capsys.readouterr().err
+
+
+def _cols_args(path: Path, *extra: str) -> list[str]:
+    return ["prognosis", "--dataset", str(path), "--time-col", "years", "--event-col", "died", "--id-col", "pid",
+            "--model", "coxph", "--cv", "2", "--n-boot", "0", *extra]
+
+
+def test_one_text_value_in_a_numeric_column_is_refused_naming_row_and_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: the column became categorical, a one-hot of every distinct number, without a word.
+    path, _ = _table(tmp_path)
+    df = pd.read_csv(path)
+    df["marker"] = df["marker"].astype(object)
+    df.loc[41, "marker"] = "unknown"
+    df.to_csv(path, index=False)
+    out = tmp_path / "never"
+    assert main(_cols_args(path, "--out", str(out))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "column 'marker' holds numbers except row 42: 'unknown'" in err[0], err
+    assert not out.exists()  # a bad input leaves no empty --out behind
+
+
+def test_missing_values_are_imputed_and_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path, _ = _table(tmp_path)
+    df = pd.read_csv(path)
+    df.loc[[3, 10, 17], "marker"] = np.nan
+    df.to_csv(path, index=False)
+    out = tmp_path / "imp"
+    assert main(_cols_args(path, "--out", str(out))) == 0
+    assert "marker 3 rows" in capsys.readouterr().err
+    _, (r,) = read_results(out / "results.json")
+    assert r.extra["imputed"] == {"marker": 3}
+
+
+def test_imputation_message_names_the_column(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path, _ = _table(tmp_path)
+    df = pd.read_csv(path)
+    df.loc[[3, 10], "sex"] = np.nan
+    df.to_csv(path, index=False)
+    assert main(_cols_args(path)) == 0
+    err = capsys.readouterr().err
+    assert "missing covariate values imputed per fold from training rows" in err and "sex 2 rows" in err
+
+
+def test_exit_2_when_no_model_could_be_fitted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path, _ = _table(tmp_path, n=12)
+    df = pd.read_csv(path)
+    df["died"] = [1, 1] + [0] * 10  # 2 events cannot fill 5 event-stratified folds
+    df.to_csv(path, index=False)
+    out = tmp_path / "fail"
+    args = ["prognosis", "--dataset", str(path), "--time-col", "years", "--event-col", "died",
+            "--model", "coxph,rsf", "--cv", "5", "--n-boot", "0", "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("medfm: error:") and "no model could be fitted" in err[-1]
+    assert "coxph: cannot stratify 5 folds" in err[-1] and "rsf:" in err[-1]
+    _, records = read_results(out / "results.json")  # the failures are kept on disk
+    assert [r.extra["error"][:15] for r in records] == ["cannot stratify"] * 2

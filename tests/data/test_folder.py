@@ -159,3 +159,12 @@ def test_folder_of_dicom_series(tmp_path: Path) -> None:
     _labels_csv(tmp_path, [["patients/s1", "a"], ["patients/s2", "b"], ["patients/s3", "a"]], ["file", "label"])
     ds = load_dataset(tmp_path)
     assert ds.card.labels == ("a", "b") and sum(ds.counts().values()) == 3
+
+
+def test_sample_reference_is_not_called_record() -> None:
+    # results.Record is a row of results; a sample on disk before it is read is a SampleRef
+    from medfm.data import dataset
+
+    assert not hasattr(dataset, "Record")
+    ref = dataset.SampleRef(id="a", image=Path("a.png"), mask=Path("a_mask.png"))
+    assert ref.paths() == [Path("a.png"), Path("a_mask.png")]

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from medfm.data import get_card
 from medfm.data.survival import (
-    SURVIVAL_DATASETS,
     Covariate,
     SurvivalSchema,
     TableEncoder,
@@ -38,7 +38,7 @@ def test_builtin_datasets_load_with_their_schema(name: str) -> None:
     assert int(table.event.sum()) == events
     assert table.y.dtype.names == ("event", "time")
     assert (table.time >= 0).all()
-    card = SURVIVAL_DATASETS.get(name).card
+    card = get_card(name)
     assert card.task == "survival" and card.license != "unknown" and card.citation
 
 
@@ -135,6 +135,10 @@ def test_time_event_columns_infer_the_schema(tmp_path: Path) -> None:
         (lambda d: d.assign(age=50.0), r"a\.csv: covariate 'age' is constant"),
         (lambda d: d.assign(sex="F"), r"a\.csv: covariate 'sex' is constant"),
         (lambda d: d.drop(columns="stage"), r"a\.csv: column 'stage' declared in the schema is missing"),
+        (
+            lambda d: d.assign(age=d["age"].astype(object).where(d.index != 7, "sixty")),
+            r"a\.csv: numeric covariate 'age' has non-numeric values: row 8: 'sixty'",
+        ),
     ],
     ids=[
         "negative-time",
@@ -145,6 +149,7 @@ def test_time_event_columns_infer_the_schema(tmp_path: Path) -> None:
         "constant-numeric",
         "constant-binary",
         "missing-column",
+        "text-in-numeric",
     ],
 )
 def test_bad_tables_raise_one_clear_input_error(tmp_path: Path, mutate, message: str) -> None:
@@ -197,3 +202,18 @@ def test_numeric_levels_match_declared_categories_despite_csv_floats(tmp_path: P
     enc = TableEncoder(table.schema).fit(table.X)
     assert enc.feature_names == ["age", "smoker", "smoker__missing"]
     assert enc.transform(table.X)[:4, 1].tolist() == [1.0, 0.0, 0.0, 1.0]
+
+
+def test_survival_cards_register_through_the_dataset_registry() -> None:
+    from medfm.data import load_dataset, registry, survival
+
+    # one registry: the survival module hands its cards and loader to data/registry.py
+    assert {c.name for c, _ in survival.CARDS_AND_LOADERS} == set(survival.survival_dataset_names())
+    loaders = {c.name: loader for c, loader in survival.CARDS_AND_LOADERS}
+    assert registry.get_loader(get_card("gbsg2")) is loaders["gbsg2"]
+    split = load_dataset("veterans").split("all")
+    assert len(split) == 137 and split[0].time is not None
+    with pytest.raises(ConfigError, match="breastmnist is a classification dataset, not a survival table"):
+        survival.load_survival_dataset("breastmnist")
+    with pytest.raises(ConfigError, match="Did you mean 'gbsg2'"):
+        survival.load_survival_dataset("gbsg")

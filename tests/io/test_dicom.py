@@ -55,7 +55,7 @@ def test_series_order_ignores_file_names_and_instance_numbers(ct_series: Path, t
     assert img.origin == ref.origin and img.spacing == ref.spacing
     np.testing.assert_array_equal(img.direction, ref.direction)
     assert img.meta["sop_instance_uids"] == ref.meta["sop_instance_uids"]
-    assert img.meta["skipped_files"] == 1
+    assert img.meta["skipped_files"] == ["README.txt (not DICOM)"]
 
 
 # --- single files, pydicom's bundled data ---------------------------------------------------
@@ -288,6 +288,49 @@ def test_truncated_slice_inside_a_series(ct_series: Path, tmp_path: Path) -> Non
     (tmp_path / "cut.dcm").write_bytes(data[: int(len(data) * 0.6)])
     with pytest.raises(InputError, match="cut.dcm"):
         read_dicom_series(tmp_path)
+
+
+def _one_slice_and(ct_series: Path, folder: Path, name: str, data: bytes) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(sorted(ct_series.iterdir())[0], folder / "01.dcm")
+    (folder / name).write_bytes(data)
+
+
+def test_unreadable_file_in_a_series_is_refused_and_named(ct_series: Path, tmp_path: Path) -> None:
+    # One real slice and one random file (no suffix: it could be a slice): refused, not a 1-slice volume.
+    _one_slice_and(ct_series, tmp_path, "IM0002", np.random.default_rng(0).bytes(4000))
+    with pytest.raises(InputError, match=r"1 file\(s\) cannot be read as DICOM: IM0002 \(not a DICOM file\).*--allow-unreadable"):
+        read_dicom_series(tmp_path)
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable file\(s\): IM0002"):
+        img = read_dicom_series(tmp_path, allow_unreadable=True)
+    assert img.array.shape == (1, 1, 512, 512)
+    assert img.meta["skipped_files"] == ["IM0002 (not a DICOM file)"]
+
+
+def test_cut_header_inside_a_series_is_unreadable_not_a_non_image(ct_series: Path, tmp_path: Path) -> None:
+    # A file cut inside its header parses without Rows/Columns: before, it was skipped as a "non-image object".
+    data = sorted(ct_series.iterdir())[1].read_bytes()
+    _one_slice_and(ct_series, tmp_path, "02.dcm", data[:700])
+    with pytest.raises(InputError, match=r"02.dcm \(DICOM header ends before the image attributes.*truncated"):
+        read_dicom_series(tmp_path)
+
+
+def test_truncated_header_says_truncated(pydicom_file, tmp_path: Path) -> None:
+    src = pydicom_file("CT_small.dcm").read_bytes()
+    for n in (200, 700):
+        bad = tmp_path / f"cut{n}.dcm"
+        bad.write_bytes(src[:n])
+        with pytest.raises(InputError, match=rf"cut{n}.dcm: DICOM header ends .*CT Image Storage.*truncated or damaged") as info:
+            read_dicom(bad)
+        assert "SOP class None" not in str(info.value)
+
+
+def test_gaps_are_read_only_when_allowed(pydicom_file, tmp_path: Path) -> None:
+    _synthetic_series(pydicom_file("CT_small.dcm"), tmp_path, [0.0, 2.5, 5.0, 10.0, 12.5])  # 7.5 is missing
+    with pytest.warns(UserWarning, match=r"missing slice: slice02.dcm and slice03.dcm.*gaps allowed"):
+        img = read_dicom_series(tmp_path, allow_gaps=True)
+    assert img.array.shape == (1, 5, 128, 128)
+    assert img.spacing[0] == pytest.approx(2.5)  # the usual step, not the mean (3.125)
 
 
 def test_empty_and_missing_folders(tmp_path: Path) -> None:

@@ -112,6 +112,16 @@ def test_bad_nifti_files(hippo: Path, tmp_path: Path) -> None:
         read_nifti(tmp_path / "absent.nii.gz")
 
 
+def test_truncated_uncompressed_nifti_error_is_one_line(hippo: Path, tmp_path: Path) -> None:
+    # nibabel says "Expected N bytes, got M bytes from ...\n - could the file be damaged?"
+    raw = gzip.decompress((hippo / "imagesTr" / "hippocampus_004.nii.gz").read_bytes())
+    cut = tmp_path / "cut.nii"
+    cut.write_bytes(raw[:2000])
+    with pytest.raises(InputError, match=r"cut.nii: not a readable NIfTI file .*damaged") as info:
+        read_nifti(cut)
+    assert "\n" not in str(info.value)
+
+
 def test_write_refuses_to_overwrite(hippo: Path, tmp_path: Path) -> None:
     img = read_nifti(hippo / "labelsTr" / "hippocampus_004.nii.gz")
     out = write_nifti(img, tmp_path / "l.nii.gz")

@@ -23,6 +23,7 @@ from medfm.metrics.segmentation import (
     mask_ellipse,
     summarize,
 )
+from medfm.results import MetricValue
 
 
 def _blob(shape: tuple[int, ...], centre: tuple[float, ...], radius: float) -> np.ndarray:
@@ -76,7 +77,10 @@ def test_empty_conventions() -> None:
     assert miss["dice"] == 0.0 and miss["nsd"] == 0.0
     assert math.isnan(miss["hd95_mm"]) and math.isnan(miss["assd_mm"])
     s = summarize([both["hd95_mm"], miss["hd95_mm"], 2.0])
-    assert s["n"] == 3 and s["n_undefined"] == 1 and s["mean"] == pytest.approx(1.0)
+    assert s.n == 3 and s.n_undefined == 1 and s.value == pytest.approx(1.0)
+    assert s.text(2).endswith("(1 undef.)")
+    none = summarize([miss["hd95_mm"]])
+    assert math.isnan(none.value) and none.ci_low is None and none.n_undefined == 1 and none.text().startswith("n/a")
 
 
 def test_label_metrics_per_class() -> None:
@@ -98,9 +102,12 @@ def test_summarize_bootstrap_brackets_mean() -> None:
     rng = np.random.default_rng(0)
     v = rng.normal(0.8, 0.05, 50)
     s = summarize(v, seed=1)
-    assert s["ci_low"] < s["mean"] < s["ci_high"] and s["mean"] == pytest.approx(v.mean())
+    assert isinstance(s, MetricValue) and s.n == 50 and s.n_undefined == 0
+    assert s.ci_low < s.value < s.ci_high and s.value == pytest.approx(v.mean())
     assert summarize(v, seed=1) == s
-    assert s["ci_high"] - s["ci_low"] < 0.05
+    assert s.ci_high - s.ci_low < 0.05
+    narrow = summarize(v, seed=1, ci=0.5)  # the CI level is ``ci``, as everywhere else in medfm.metrics
+    assert s.ci_low < narrow.ci_low < narrow.ci_high < s.ci_high
 
 
 def _ellipse_mask(h: int, w: int, xc: float, yc: float, a: float, b: float, theta: float) -> np.ndarray:

@@ -137,3 +137,25 @@ def test_stacked_volumes_embed_with_a_3d_model_and_are_refused_by_a_2d_one(model
     np.testing.assert_allclose(stacked, listed, rtol=1e-4, atol=1e-5)
     with pytest.raises(InputError, match="a 2D model takes 2D slices"):
         embed_arrays(model, vols, progress=False)
+
+
+def test_embed_dataset_writes_arrays_and_manifest_from_shards(model, shared_data: Path, tmp_path: Path) -> None:
+    """The dataset-level call behind ``medfm embed``: shards of the cache, arrays + manifest in OUT."""
+    import json
+
+    from medfm.data import load_dataset
+    from medfm.models.embed import EmbedJob, embed_dataset, split_images
+
+    job = EmbedJob(dataset="breastmnist", model="test/vit-tiny-timm", splits=["val"], data_dir=str(shared_data),
+                   precision="fp32", device="cpu", shard_size=32, cache_dir=tmp_path / "c", out=tmp_path / "o")
+    manifest = embed_dataset(job)
+    info = manifest["splits"]["val"]
+    assert info["n"] == 78 and info["cache"]["computed"] == 3 and manifest["executor"]["kind"] == "local"
+    val = load_dataset("breastmnist", shared_data).split("val")
+    ref = embed_arrays(model, split_images(val), progress=False)
+    np.testing.assert_allclose(np.load(tmp_path / "o" / "val.npy"), ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.load(tmp_path / "o" / "val_labels.npy"), np.asarray(val.labels))
+    assert json.loads((tmp_path / "o" / "manifest.json").read_text())["splits"]["val"]["file"] == "val.npy"
+    assert len(split_images(val, 70, 100)) == 8
+    with pytest.raises(ConfigError, match="--executor"):
+        embed_dataset(EmbedJob(dataset="breastmnist", model="test/vit-tiny-timm", executor="dask"))

@@ -47,7 +47,7 @@ def test_registry_has_the_required_cards() -> None:
         card = get_model_card(mid)
         assert card.license and card.source is not None or mid.startswith("random/")
     assert get_model_card("medsiglip/448").gated
-    assert get_model_card("medsam/vit-base").preprocess.scale == "minmax"
+    assert get_model_card("medsam/vit-base").preprocess.intensity == "minmax"
     with pytest.raises(ConfigError, match="Did you mean 'dinov2/base'"):
         get_model_card("dinov2/bsae")
     with pytest.raises(ConfigError, match="already registered"):
@@ -238,8 +238,13 @@ def test_card_json_round_trip() -> None:
     for card in list_model_cards():
         assert card_from_dict(card_to_dict(card)).id == card.id
     custom = ModelCard(id="x/y", backend="timm", source=None, license="-", capabilities=frozenset({"image_encoder"}),
-                       preprocess=Preprocess(size=(16, 16), window=(40.0, 400.0)))
+                       preprocess=Preprocess(size=(16, 16), intensity="window", window=(40.0, 400.0)))
     assert card_from_dict(card_to_dict(custom)) == custom
+    legacy = card_to_dict(custom)  # a model_card.json written before ``intensity`` replaced ``scale``
+    legacy["preprocess"] = {k: v for k, v in legacy["preprocess"].items() if k not in ("intensity", "ct_window")}
+    assert card_from_dict({**legacy, "preprocess": {**legacy["preprocess"], "scale": "unit"}}) == custom
+    old_medsam = {**legacy["preprocess"], "window": None, "scale": "minmax"}
+    assert card_from_dict({**legacy, "preprocess": old_medsam}).preprocess.intensity == "minmax"
     with pytest.raises(ConfigError, match="unknown key"):
         card_from_dict({**card_to_dict(custom), "colour": "red"})
     assert dataclasses.replace(custom, id="x/z").id == "x/z"

@@ -175,7 +175,7 @@ def test_a_zipped_dicom_series_is_one_volume(tiny_sam, shared_data: Path) -> Non
 
 
 def test_an_image_the_model_refuses_is_not_kept(tiny_sam, monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(image: np.ndarray) -> None:
+    def refuse(image: np.ndarray, modality: str | None = None) -> None:
         raise InputError("set_image: 2 channel(s) given, the model takes 3")
 
     svc = SegmentationService(tiny_sam)

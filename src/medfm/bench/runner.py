@@ -5,6 +5,10 @@ for k-shot), runs every cell not already finished (per-cell cache under
 ``<MEDFM_HOME>/cells``, or the records of ``OUT/results.json`` with ``resume``), rewrites
 ``OUT/results.json`` atomically after each cell, adds the records to the SQLite results
 store and writes ``OUT/report.html``.
+
+``results.json`` records its completeness (cells planned / written, the missing ones named), so
+a killed run's file never reads as finished; a run that ends with fewer records than cells
+(a cell lost by an executor) writes what it has and raises ``IncompleteResultsError``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +30,11 @@ import numpy as np
 from medfm import __version__, _paths
 from medfm._config import to_dict
 from medfm.bench.cache import CellCache
-from medfm.bench.executor import Executor, InProcessExecutor
+from medfm.bench.executor import Executor, InProcessExecutor, current_execution
 from medfm.bench.spec import LABEL_FREE_PROTOCOLS, SCRATCH_PREFIX, BenchSpec, Cell, ProtocolInfo, expand
 from medfm.bench.store import ResultsStore
-from medfm.errors import ConfigError, InputError, MedfmError
-from medfm.results import MetricValue, Record, make_provenance, read_results, write_results
+from medfm.errors import ConfigError, IncompleteResultsError, InputError, MedfmError
+from medfm.results import Completeness, MetricValue, Record, load_results, make_provenance, write_results
 
 SPLITS = ("train", "val", "test")
 TRAINING_PROTOCOLS = frozenset({"finetune", "scratch"})
@@ -99,14 +103,15 @@ class CellContext:
         key = (name, data_dir, split)
         if key not in self._images:
             data = self.dataset(name, data_dir).split(split)
-            self._images[key] = np.asarray(data.images()) if hasattr(data, "images") else stack_images(data, f"{name} {split}")
+            stacked = data.images()
+            self._images[key] = np.asarray(stacked) if stacked is not None else stack_images(data, f"{name} {split}")
         return self._images[key]
 
     def raw_images(self, name: str, data_dir: str | None, split: str) -> Any:
         """Images for embedding: the stacked array when the dataset has one, else the list of
         per-sample (C, H, W) arrays in their source sizes (the model's preprocessing resizes)."""
         data = self.dataset(name, data_dir).split(split)
-        if hasattr(data, "images"):
+        if data.images() is not None:
             return self.images(name, data_dir, split)
         return [_sample_array(s, f"{name} {split} sample {s.id}") for s in data]
 
@@ -141,13 +146,13 @@ class CellContext:
         if model.startswith(SCRATCH_PREFIX):
             return None  # trained inside the cell from a seeded initialisation
         if (model, precision) in self._adapters:
-            return getattr(self._adapters[(model, precision)], "weights_hash", None)
+            return self._adapters[(model, precision)].weights_hash
         fingerprint = _weights_fingerprint(model)
         memo = _paths.home() / "cells" / "weights-hashes.json"
         known = _read_json(memo) if fingerprint else {}
         if fingerprint and fingerprint in known:
             return known[fingerprint]
-        value = getattr(self.adapter(model, precision), "weights_hash", None)
+        value = self.adapter(model, precision).weights_hash
         if fingerprint and value:
             known = _read_json(memo)
             known[fingerprint] = value
@@ -158,7 +163,7 @@ class CellContext:
         """Where the weights came from ("random-init", a folder), for provenance."""
         if model.startswith(SCRATCH_PREFIX):
             return "trained from scratch in the cell"
-        return getattr(self.adapter(model, precision), "weights_source", None)
+        return self.adapter(model, precision).weights_source
 
     def features(self, cell: Cell, split: str) -> np.ndarray:
         """(N, D) float embeddings of one split, through the zoo's on-disk embedding cache."""
@@ -268,10 +273,12 @@ def default_context() -> CellContext:
 # --------------------------------------------------------------------------------------
 @dataclass
 class CellOutcome:
-    """A finished cell: its record and whether it came from the cell cache."""
+    """A finished cell: its record, whether it came from the cell cache, and warnings (a cache
+    entry that failed its checks and was recomputed)."""
 
     record: Record
     cached: bool
+    warnings: list[str] = field(default_factory=list)
 
 
 def dataset_summary(ds: Any) -> dict[str, Any]:
@@ -305,7 +312,11 @@ def compute_cell(cell: Cell, ctx: CellContext | None = None, cache: CellCache | 
     proto = ctx.protocol(cell.protocol)
     weights_hash = None if proto.needs == "images" else ctx.weights_hash(cell.model, cell.precision)
     key = cell.cache_key(checksum, weights_hash)
-    hit = cache.get(key)
+    hit, bad = cache.lookup(key)
+    warnings = [bad.message()] if bad is not None else []
+    if hit is not None and hit.key() != cell.key():  # a valid entry of another cell stored under this key
+        warnings.append(f"cell cache entry {key}: holds the record of {hit.key()}, not of {cell.label()}; recomputing the cell")
+        hit = None
     if hit is not None:
         return CellOutcome(hit, cached=True)
 
@@ -323,7 +334,7 @@ def compute_cell(cell: Cell, ctx: CellContext | None = None, cache: CellCache | 
     record = _make_record(cell, ds, config, preds, n_train, checksum, weights_hash, key, time.perf_counter() - start, source)
     record.extra["input_seconds"] = round(input_seconds, 3)
     cache.put(key, record)
-    return CellOutcome(record, cached=False)
+    return CellOutcome(record, cached=False, warnings=warnings)
 
 
 def _protocol_inputs(cell: Cell, ctx: CellContext, proto: Any) -> Any:
@@ -377,6 +388,7 @@ def _make_record(
     provenance = make_provenance(
         {"cell": cell.identity(), "protocol": to_dict(config)}, data_checksum=checksum, weights_hash=weights_hash,
         seed=cell.seed, cell_key=key, dataset_card=dataset_summary(ds), weights_source=weights_source,
+        executor=current_execution(),
     )
     return Record(
         dataset=cell.dataset, split="test", model=cell.model, protocol=cell.protocol, metrics=metrics,
@@ -402,17 +414,24 @@ def model_capabilities(model: str) -> frozenset[str]:
 
 
 def default_models() -> list[str]:
-    """The built-in offline model set: the random-ViT floor plus every real card whose
-    weights are present locally."""
+    """The built-in offline model set: every real card whose weights are present locally, each
+    pip-packaged pretrained model beside its random-init twin (the same architecture unpretrained:
+    the floor its pre-training must beat); the random ViT-B/16 floor only when no such pair is there."""
     from medfm import models
     from medfm.bench.spec import RANDOM_FLOOR_MODEL
 
-    out = [RANDOM_FLOOR_MODEL]
+    ids = {c.id for c in models.list_model_cards()}
+    out: list[str] = []
     for card in models.list_model_cards():
         if card.source is None or "image_encoder" not in card.capabilities:
             continue
         if models.weights_available(card) == "local":
             out.append(card.id)
+            twin = f"random/{card.id.split('/', 1)[1]}"
+            if card.backend == "pretrained" and twin in ids:
+                out.append(twin)
+    if not any(m.startswith("random/") for m in out):
+        out.insert(0, RANDOM_FLOOR_MODEL)
     return out
 
 
@@ -505,12 +524,19 @@ class BenchRun:
     run_id: str
     records: list[Record]
     notes: list[str]
+    warnings: list[str] = field(default_factory=list)
     computed: int = 0
     cached: int = 0
     resumed: int = 0
     seconds: float = 0.0
     report: Path | None = None
     results: Path | None = None
+    completeness: Completeness | None = None
+
+    def warn(self, message: str) -> None:
+        """Keep ``message`` for the report and print it on stderr now."""
+        self.warnings.append(message)
+        _warn(message)
 
 
 def default_out_dir(root: str | Path = "runs") -> Path:
@@ -545,37 +571,21 @@ def run_bench(
     check_data(cells, ctx)  # before creating anything: a bad dataset leaves no empty folder
     out = _paths.prepare_out_dir(out, force=force, resume=resume)
     results_path = out / "results.json"
-    done: dict[tuple, Record] = {}
-    resumed = 0
-    if resume and results_path.is_file():
-        _, old = read_results(results_path)
-        done = {r.key(): r for r in old}
-
+    done, warnings = _resumed_records(results_path) if resume else ({}, [])
     run_id = f"{_dt.datetime.now(_dt.UTC).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    results_store = store or None
-    if store is True:
-        try:
-            results_store = ResultsStore()
-        except (OSError, sqlite3.Error) as exc:
-            results_store = None
-            notes.append(f"results store not written ({exc})")
+    results_store = _open_store(store, notes)
     keys = {c.key() for c in cells}
     others = [k for k in done if k not in keys]
     if others:
         notes.append(f"kept {len(others)} record(s) of the earlier results.json that are not in this grid")
     records: dict[tuple, Record] = dict(done)
-    todo: list[Cell] = []
-    for c in cells:
-        prev = done.get(c.key())
-        if prev is not None and prev.provenance.get("config", {}).get("cell") == to_dict(c.identity()):
-            resumed += 1
-        else:
-            todo.append(c)
-    run = BenchRun(out=out, run_id=run_id, records=[], notes=notes, resumed=resumed, results=results_path)
+    todo = [c for c in cells if not _is_done(c, done)]
+    resumed = len(cells) - len(todo)
+    run = BenchRun(out=out, run_id=run_id, records=[], notes=notes, warnings=warnings, resumed=resumed, results=results_path)
 
     def finish_cell(rec: Record) -> None:
         records[rec.key()] = rec
-        write_results(results_path, _ordered(records.values(), cells), spec)
+        write_results(results_path, _ordered(records.values(), cells), spec, completeness(cells, records, others))
         if results_store is not None:
             results_store.add(run_id, [rec], out_dir=out)
 
@@ -587,31 +597,94 @@ def run_bench(
     it = ex.map(functools.partial(compute_cell, ctx=context, cache=cache), todo)
     for cell, result in track(it, len(todo), "bench cells"):
         if isinstance(result, BaseException):
-            if isinstance(result, MedfmError):
-                error = type(result)(f"{cell.label()}: {result}")
-                error.__cause__ = result
-            else:
-                error = result
+            error = _named_error(cell, result)
             break
+        for w in result.warnings:
+            run.warn(w)
+        if result.record.key() != cell.key():
+            run.warn(f"{cell.label()}: the executor returned the record of {result.record.key()}; cell left missing")
+            continue
         finish_cell(result.record)
         if result.cached:
             run.cached += 1
         else:
             run.computed += 1
-    if error is None and not todo:
-        write_results(results_path, _ordered(records.values(), cells), spec)
+    status = run.completeness = completeness(cells, records, others)
+    if error is None and (not todo or not status.complete):
+        write_results(results_path, _ordered(records.values(), cells), spec, status)
     run.records = _ordered(records.values(), cells)
     run.seconds = time.perf_counter() - t0
     if error is not None:
         raise error
     if report and run.records:
-        from medfm.report import build_report
-
-        run.report = build_report(
-            (to_dict(spec), run.records), out / "report.html", extra_sections=extra_sections,
-            notes=notes + [_run_note(run)],
+        run.report = _write_report(run, spec, extra_sections)
+    if not status.complete:
+        raise IncompleteResultsError(
+            f"{results_path}: {status.text(max_missing=10)}; rerun with --resume --out {out} to compute the missing cells"
         )
     return run
+
+
+def _is_done(cell: Cell, done: dict[tuple, Record]) -> bool:
+    """Whether an earlier record of ``cell`` (same key and identity) can be kept on resume."""
+    prev = done.get(cell.key())
+    return prev is not None and prev.provenance.get("config", {}).get("cell") == to_dict(cell.identity())
+
+
+def _named_error(cell: Cell, exc: BaseException) -> BaseException:
+    """A cell's MedfmError with the cell's label in front (same class, cause kept); others unchanged."""
+    if not isinstance(exc, MedfmError):
+        return exc
+    error = type(exc)(f"{cell.label()}: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+def _resumed_records(results_path: Path) -> tuple[dict[tuple, Record], list[str]]:
+    """Records of an earlier ``results.json`` to keep (by key), and a warning per record that was
+    changed after medfm wrote it (left out, so its cell is recomputed)."""
+    if not results_path.is_file():
+        return {}, []
+    old = load_results(results_path)
+    warnings = [f"{results_path}: {problem}; recomputing it" for problem in old.problems]
+    for w in warnings:
+        _warn(w)
+    return {r.key(): r for i, r in enumerate(old.records) if i not in old.changed}, warnings
+
+
+def _open_store(store: ResultsStore | None | bool, notes: list[str]) -> ResultsStore | None:
+    """The results store to add records to (True: the default one; a note when it cannot be opened)."""
+    if store is not True:
+        return store or None
+    try:
+        return ResultsStore()
+    except (OSError, sqlite3.Error) as exc:
+        notes.append(f"results store not written ({exc})")
+        return None
+
+
+def completeness(cells: Sequence[Cell], records: dict[tuple, Record], kept: Sequence[tuple] = ()) -> Completeness:
+    """Cells planned (plus records kept from an earlier file) against records written; missing cells named."""
+    missing = tuple(c.label() for c in cells if c.key() not in records)
+    expected = len(cells) + len(kept)
+    return Completeness(expected=expected, written=expected - len(missing), missing=missing)
+
+
+def _warn(message: str) -> None:
+    """A warning on stderr as it happens (the run also lists it in ``BenchRun.warnings`` and the report)."""
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _write_report(run: BenchRun, spec: BenchSpec, extra_sections: Sequence[str]) -> Path:
+    """``OUT/report.html`` of the run: its records, notes, completeness and warnings."""
+    from medfm.report import build_report
+
+    return build_report(
+        (to_dict(spec), run.records), run.out / "report.html", extra_sections=extra_sections,
+        notes=[*run.notes, _run_note(run)], completeness=run.completeness, warnings=run.warnings,
+    )
 
 
 def _run_note(run: BenchRun) -> str:

@@ -204,9 +204,31 @@ def expand(
     """
     by_name = {p.name: p for p in protocols}
     notes: list[str] = []
-    explicit_protocols = bool(spec.protocols)
-    explicit_models = bool(spec.models)
-    if explicit_protocols:
+    chosen = _chosen_protocols(spec, by_name, notes)
+    scratch_protocols = [p for p in chosen if NEEDS_CAPABILITIES.get(p.needs, frozenset()) is None]
+    model_protocols = [p for p in chosen if p not in scratch_protocols]
+    models = list(dict.fromkeys(spec.models)) if spec.models else list((default_models or (lambda: [RANDOM_FLOOR_MODEL]))())
+    # A model named scratch/<arch> means "the from-scratch protocol with that architecture".
+    scratch_models = [m for m in models if m.startswith(SCRATCH_PREFIX)]
+    models = [m for m in models if not m.startswith(SCRATCH_PREFIX)]
+    scratch_protocols = _scratch_protocols(spec, by_name, scratch_protocols, scratch_models, notes)
+    pairs = _model_pairs(spec, model_protocols, models, capabilities, notes)
+    pairs += _scratch_pairs(spec, scratch_protocols, scratch_models)
+    label_free = sorted({p.name for _, p, _ in pairs if not p.uses_labels})
+    if label_free and spec.shots != [ALL]:
+        notes.append(f"{', '.join(label_free)} use(s) no labelled images: run once per dataset and model (shots=all, seed 0)")
+    cells = _grid_cells(spec, pairs)
+    if not cells:
+        raise ConfigError("bench spec expands to no cells: no requested protocol fits any requested model")
+    return cells, notes
+
+
+_Pair = tuple[str, ProtocolInfo, dict[str, Any]]
+
+
+def _chosen_protocols(spec: BenchSpec, by_name: dict[str, ProtocolInfo], notes: list[str]) -> list[ProtocolInfo]:
+    """The protocols asked for (unknown names refused), or the default grid's (slow ones left out, noted)."""
+    if spec.protocols:
         for name in spec.protocols:
             if name not in by_name:
                 from medfm._registry import suggest
@@ -221,55 +243,69 @@ def expand(
     for name in spec.protocol_config:
         if name not in by_name:
             raise ConfigError(f"bench spec: protocol_config names unknown protocol '{name}'")
+    return chosen
 
-    scratch_protocols = [p for p in chosen if NEEDS_CAPABILITIES.get(p.needs, frozenset()) is None]
-    model_protocols = [p for p in chosen if p not in scratch_protocols]
-    models = list(dict.fromkeys(spec.models)) if explicit_models else list((default_models or (lambda: [RANDOM_FLOOR_MODEL]))())
-    # A model named scratch/<arch> means "the from-scratch protocol with that architecture".
-    scratch_models = [m for m in models if m.startswith(SCRATCH_PREFIX)]
-    models = [m for m in models if not m.startswith(SCRATCH_PREFIX)]
+
+def _scratch_protocols(
+    spec: BenchSpec, by_name: dict[str, ProtocolInfo], scratch_protocols: list[ProtocolInfo],
+    scratch_models: list[str], notes: list[str],
+) -> list[ProtocolInfo]:
+    """From-scratch protocols to run: those chosen, or all of them when a scratch/<arch> model was named."""
     if scratch_models and not scratch_protocols:
-        if explicit_protocols:
+        if spec.protocols:
             raise ConfigError(
                 f"model(s) {', '.join(scratch_models)} train from scratch and need protocol 'scratch', "
                 f"but --protocol asked for {', '.join(spec.protocols)}"
             )
-        scratch_protocols = [p for p in by_name.values() if NEEDS_CAPABILITIES.get(p.needs, frozenset()) is None]
-    elif scratch_protocols and explicit_models and not explicit_protocols and not scratch_models:
+        return [p for p in by_name.values() if NEEDS_CAPABILITIES.get(p.needs, frozenset()) is None]
+    if scratch_protocols and spec.models and not spec.protocols and not scratch_models:
         notes.append(
             f"from-scratch baseline not run: --model was given without a scratch model "
             f"(add --model {SCRATCH_PREFIX}{DEFAULT_SCRATCH_ARCH})"
         )
-        scratch_protocols = []
+        return []
+    return scratch_protocols
 
-    pairs: list[tuple[str, ProtocolInfo, dict[str, Any]]] = []
+
+def _model_pairs(
+    spec: BenchSpec, model_protocols: list[ProtocolInfo], models: list[str],
+    capabilities: Callable[[str], frozenset[str]], notes: list[str],
+) -> list[_Pair]:
+    """(model, protocol, config) for each protocol and each model with the capabilities it needs."""
+    explicit = bool(spec.protocols) and bool(spec.models)
+    pairs: list[_Pair] = []
     for proto in model_protocols:
         need = NEEDS_CAPABILITIES.get(proto.needs)
         if need is None and proto.needs not in NEEDS_CAPABILITIES:
             raise ConfigError(f"protocol '{proto.name}' declares unknown needs '{proto.needs}'")
         fitting = []
         for model in models:
-            caps = capabilities(model)
-            missing = sorted(set(need or ()) - set(caps))
+            missing = sorted(set(need or ()) - set(capabilities(model)))
             if missing:
                 notes.append(f"skipped {proto.name} for {model}: model has no {' / '.join(missing)}")
                 continue
             fitting.append(model)
             pairs.append((model, proto, dict(spec.protocol_config.get(proto.name, {}))))
-        if not models and explicit_protocols and explicit_models:
+        if not models and explicit:
             raise ConfigError(f"protocol '{proto.name}' needs a pre-trained model; --model named only from-scratch models")
-        if not fitting and explicit_protocols and explicit_models and models:
+        if not fitting and explicit and models:
             raise ConfigError(
                 f"protocol '{proto.name}' needs a model with {' + '.join(sorted(need or ()))}; "
                 f"{', '.join(models)} {'has' if len(models) == 1 else 'have'} capabilities "
                 f"{', '.join(sorted(set().union(*(capabilities(m) for m in models)))) or 'none'}"
             )
+    return pairs
+
+
+def _scratch_pairs(spec: BenchSpec, scratch_protocols: list[ProtocolInfo], scratch_models: list[str]) -> list[_Pair]:
+    """(scratch/<arch>, protocol, config) for each from-scratch protocol and architecture asked for."""
+    pairs: list[_Pair] = []
     for proto in scratch_protocols:
         overrides = dict(spec.protocol_config.get(proto.name, {}))
-        archs = [m[len(SCRATCH_PREFIX):] for m in scratch_models] or [str(overrides.get("arch", DEFAULT_SCRATCH_ARCH))]
-        for arch in archs:
+        default_arch = str(overrides.get("arch", DEFAULT_SCRATCH_ARCH))
+        for arch in [m[len(SCRATCH_PREFIX):] for m in scratch_models] or [default_arch]:
             cfg = overrides
-            if arch != str(overrides.get("arch", DEFAULT_SCRATCH_ARCH)):
+            if arch != default_arch:
                 if proto.config_keys is not None and "arch" not in proto.config_keys:
                     raise ConfigError(
                         f"protocol '{proto.name}' trains {DEFAULT_SCRATCH_ARCH} only; "
@@ -277,11 +313,12 @@ def expand(
                     )
                 cfg = {**overrides, "arch": arch}
             pairs.append((f"{SCRATCH_PREFIX}{arch}", proto, cfg))
+    return pairs
 
+
+def _grid_cells(spec: BenchSpec, pairs: list[_Pair]) -> list[Cell]:
+    """One cell per dataset x pair x shots x seed (label-free protocols: one cell, shots all, seed 0)."""
     cells: list[Cell] = []
-    label_free = sorted({p.name for _, p, _ in pairs if not p.uses_labels})
-    if label_free and spec.shots != [ALL]:
-        notes.append(f"{', '.join(label_free)} use(s) no labelled images: run once per dataset and model (shots=all, seed 0)")
     for dataset in dict.fromkeys(spec.datasets):
         for model, proto, cfg in pairs:
             grid = [(shots_value(sh), seed) for sh in spec.shots for seed in spec.seeds_for(shots_value(sh))]
@@ -293,6 +330,4 @@ def expand(
                     n_boot=spec.n_boot, precision=spec.precision, batch_size=spec.batch_size,
                     data_dir=spec.data_dir,
                 ))
-    if not cells:
-        raise ConfigError("bench spec expands to no cells: no requested protocol fits any requested model")
-    return cells, notes
+    return cells

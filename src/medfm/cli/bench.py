@@ -69,6 +69,39 @@ def build_spec(
     return spec
 
 
+def make_executor(
+    kind: str, address: str | None, workers: int | None, max_retries: int, cpus: float, gpus: float,
+    memory_gb: float | None,
+):  # -> Executor
+    """``--executor local|ray`` and its options -> an executor (Ray is imported only for ``ray``)."""
+    from medfm.bench import InProcessExecutor
+
+    if kind == "local":
+        ray_only = {"--address": address, "--workers": workers, "--memory-per-cell": memory_gb}
+        given = [k for k, v in ray_only.items() if v is not None] + (["--gpus-per-cell"] if gpus else [])
+        if given:
+            raise ConfigError(f"{', '.join(given)} need(s) --executor ray")
+        return InProcessExecutor()
+    if kind == "ray":
+        from medfm._optional import optional_import
+        from medfm.bench.ray_executor import RayExecutor
+
+        optional_import("ray")  # fail now, in one line naming the extra, before any work
+        return RayExecutor(address=address, workers=workers, max_retries=max_retries, cpus=cpus, gpus=gpus,
+                           memory_gb=memory_gb, log=lambda msg: err_console.print(msg, markup=False, highlight=False))
+    raise ConfigError(f"--executor must be local or ray, got {kind!r}")
+
+
+def _executor_summary(ex) -> dict:
+    """Executor, cluster size and (Ray) retries, failures, overhead per cell, for --json."""
+    info = ex.describe() if hasattr(ex, "describe") else {}
+    stats = getattr(ex, "stats", None)
+    if stats is not None:
+        info.update(retries=stats.retries, failed=stats.failed, duplicates=stats.duplicates,
+                    nodes_used=len(stats.nodes_used), overhead_per_cell_s=round(stats.overhead_per_cell(), 4))
+    return info
+
+
 def print_tables(tables: list) -> None:
     """Leaderboard tables on stdout; a pipe or file gets 160 columns (one line per row)."""
     from rich.console import Console
@@ -98,10 +131,17 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="Keep the records of OUT/results.json and run only missing cells."),
         no_report: bool = typer.Option(False, "--no-report", help="Skip report.html."),
         json_: bool = typer.Option(False, "--json", help="Machine-readable summary on stdout."),
+        executor: str = typer.Option("local", "--executor", help="local (in this process) or ray (each cell a Ray task; needs medfm[scale])."),
+        address: str = typer.Option(None, "--address", help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: start one on this machine)."),
+        workers: int = typer.Option(None, "--workers", help="Cells in flight on Ray (default: the cluster's CPUs / --cpus-per-cell)."),
+        max_retries: int = typer.Option(2, "--max-retries", help="Retries of a cell whose Ray task failed (worker or node lost) before it is reported."),
+        cpus_per_cell: float = typer.Option(1.0, "--cpus-per-cell", help="CPUs each Ray cell asks for (its torch threads)."),
+        gpus_per_cell: float = typer.Option(0.0, "--gpus-per-cell", help="GPUs each Ray cell asks for (e.g. 1, or 0.25 to share one)."),
+        memory_per_cell: float = typer.Option(None, "--memory-per-cell", help="GiB of memory each Ray cell asks for."),
+        cache_dir: Path = typer.Option(None, "--cache-dir", help="Cell cache folder; on a cluster a mount every node reaches (default: MEDFM_HOME/cells)."),
     ) -> None:
         """Benchmark models x protocols x shots x seeds on datasets; write results.json and report.html."""
-        from medfm.bench import default_out_dir, run_bench
-        from medfm.report import leaderboard, rich_tables
+        from medfm.bench import CellCache, default_out_dir, run_bench
 
         if force and resume:
             raise ConfigError("--force and --resume exclude each other")
@@ -111,28 +151,52 @@ def register(app: typer.Typer) -> None:
             config, _split(dataset), _split(model), _split(protocol), shots, seeds, data_dir, n_boot, precision, batch_size,
         )
         target = out if out is not None else default_out_dir()
-        run = run_bench(
-            spec, target, force=force, resume=resume, report=not no_report,
-            progress=lambda items, total, desc: progress(items, total=total, desc=desc, unit="cell"),
-        )
-        board = leaderboard(run.records)
-        if json_:
-            print_json({
-                "out": str(run.out), "results": str(run.results), "report": str(run.report) if run.report else None,
-                "run_id": run.run_id, "computed": run.computed, "cached": run.cached, "resumed": run.resumed,
-                "seconds": round(run.seconds, 2), "notes": run.notes,
-                "leaderboard": {ds: [
-                    {"rank": i, "model": r.model, "protocol": r.protocol, "shots": r.shots, "metric": r.metric,
-                     "value": r.value, "ci_low": r.ci_low, "ci_high": r.ci_high, "sd": r.sd, "seeds": r.n_seeds,
-                     "trained": r.trained}
-                    for i, r in enumerate(rows, 1)
-                ] for ds, rows in board.items()},
-            })
-            return
-        for note in run.notes:
-            err_console.print(f"note: {note}")
-        print_tables(rich_tables(board))
+        ex = make_executor(executor, address, workers, max_retries, cpus_per_cell, gpus_per_cell, memory_per_cell)
+        try:
+            run = run_bench(
+                spec, target, force=force, resume=resume, report=not no_report, executor=ex,
+                cache=CellCache(cache_dir) if cache_dir is not None else None,
+                progress=lambda items, total, desc: progress(items, total=total, desc=desc, unit="cell"),
+            )
+            exec_info = _executor_summary(ex)
+        finally:
+            if hasattr(ex, "close"):
+                ex.close()
+        report_run(run, exec_info, json_)
+
+
+def report_run(run, exec_info: dict, json_: bool) -> None:
+    """The run's summary: JSON on stdout, or notes + leaderboard tables + one summary line."""
+    from medfm.report import leaderboard, rich_tables
+
+    board = leaderboard(run.records)
+    if json_:
+        print_json({
+            "out": str(run.out), "results": str(run.results), "report": str(run.report) if run.report else None,
+            "run_id": run.run_id, "computed": run.computed, "cached": run.cached, "resumed": run.resumed,
+            "seconds": round(run.seconds, 2), "notes": run.notes, "warnings": run.warnings,
+            "executor": exec_info,
+            "completeness": run.completeness.text() if run.completeness else None,
+            "leaderboard": {ds: [
+                {"rank": i, "model": r.model, "protocol": r.protocol, "shots": r.shots, "metric": r.metric,
+                 "value": r.value, "ci_low": r.ci_low, "ci_high": r.ci_high, "sd": r.sd, "seeds": r.n_seeds,
+                 "trained": r.trained}
+                for i, r in enumerate(rows, 1)
+            ] for ds, rows in board.items()},
+        })
+        return
+    for note in run.notes:
+        err_console.print(f"note: {note}")
+    if exec_info.get("kind") == "ray":
         err_console.print(
-            f"{run.computed} cell(s) computed, {run.cached} from cache, {run.resumed} resumed in {run.seconds:.1f} s; "
-            f"wrote {run.results}" + (f" and {run.report}" if run.report else "")
+            f"ray: {exec_info['nodes']} node(s), {exec_info['workers']} cell(s) in flight, {exec_info['retries']} retried, "
+            f"{exec_info['failed']} failed, overhead {exec_info['overhead_per_cell_s'] * 1000:.0f} ms per cell", highlight=False,
         )
+    print_tables(rich_tables(board))
+    err_console.print(
+        f"{run.computed} cell(s) computed, {run.cached} from cache, {run.resumed} resumed in {run.seconds:.1f} s; "
+        f"wrote {run.results}" + (f" and {run.report}" if run.report else "")
+        + (f"; {run.completeness.text()}" if run.completeness else "")
+        + (f"; {len(run.warnings)} warning(s), see above" if run.warnings else ""),
+        highlight=False,
+    )

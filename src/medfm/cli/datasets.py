@@ -7,10 +7,9 @@ from typing import Any
 
 import typer
 
+from medfm.cli._common import DataDir, Json
+
 datasets_app = typer.Typer(help="Dataset cards: list them, show one, verify local files.", no_args_is_help=True)
-
-DATA_DIR_HELP = "Data location (default: $MEDFM_DATA, else ~/.cache/medfm/data)."
-
 
 def register(app: typer.Typer) -> None:
     app.add_typer(datasets_app, name="datasets")
@@ -25,8 +24,8 @@ def _card_row(card: Any, present: bool) -> dict[str, Any]:
 
 @datasets_app.command("list")
 def list_command(
-    data_dir: Path | None = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
-    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+    data_dir: DataDir = None,
+    json_out: Json = False,
 ) -> None:
     """List every registered dataset card and whether its files are present locally."""
     from rich.table import Column, Table
@@ -50,8 +49,8 @@ def list_command(
 @datasets_app.command("show")
 def show_command(
     name: str = typer.Argument(..., help="Dataset name (see `medfm datasets list`) or a dataset folder."),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
-    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+    data_dir: DataDir = None,
+    json_out: Json = False,
 ) -> None:
     """Show one dataset card and where its files are (or would be) on this machine."""
     from medfm._config import to_dict
@@ -102,9 +101,9 @@ def show_command(
 @datasets_app.command("verify")
 def verify_command(
     name: str | None = typer.Argument(None, help="Dataset name or folder; default: every dataset present."),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    data_dir: DataDir = None,
     no_read: bool = typer.Option(False, "--no-read", help="Check checksums and counts only; do not read every file."),
-    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+    json_out: Json = False,
 ) -> None:
     """Check checksums, readability and counts per split; exit 2 when a file is corrupt or unreadable.
 

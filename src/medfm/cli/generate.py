@@ -10,12 +10,16 @@ from pathlib import Path
 
 import typer
 
-from medfm.cli._common import err_console, out_console, print_json, progress
+from medfm.cli._common import (
+    DataDir, Device, Force, Json, OptionalOutDir, OutDir, err_console, out_console, output_folder, print_json, progress,
+)
 from medfm.errors import InputError, MissingDataError
 
 
 def _metrics_table(records: list, keys: list[str] | None = None) -> None:
     from rich.table import Table
+
+    from medfm.results import format_ci, format_metric
 
     for rec in records:
         table = Table(title=f"{rec.dataset} / {rec.protocol} / {rec.model} (n={rec.n})")
@@ -25,8 +29,7 @@ def _metrics_table(records: list, keys: list[str] | None = None) -> None:
         for name, mv in rec.metrics.items():
             if keys is not None and name not in keys:
                 continue
-            ci = f"{mv.ci_low:.3f} - {mv.ci_high:.3f}" if mv.ci_low is not None and mv.ci_high is not None else ""
-            table.add_row(name, f"{mv.value:.4f}", ci)
+            table.add_row(name, format_metric(mv.value, digits=4), format_ci(mv.ci_low, mv.ci_high, 3))
         out_console.print(table)
 
 
@@ -72,14 +75,13 @@ def vqa(
     test_fraction: float = typer.Option(0.3, "--test-fraction", help="Share of images held out when no --test is given."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the CIs."),
     seed: int = typer.Option(0, "--seed"),
-    device: str | None = typer.Option(None, "--device"),
-    data_dir: str | None = typer.Option(None, "--data-dir", help="Data location for folder names."),
-    out: Path = typer.Option(..., "--out", help="Output folder (results.json)."),
-    force: bool = typer.Option(False, "--force", help="Write into a non-empty --out."),
-    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+    device: Device = None,
+    data_dir: DataDir = None,
+    out: OutDir = ...,
+    force: Force = False,
+    json_out: Json = False,
 ) -> None:
     """Visual question answering: majority, question-only, discriminative and generative answers."""
-    from medfm._paths import prepare_out_dir
     from medfm.data.vqa import load_vqa_folder
     from medfm.errors import ConfigError
 
@@ -88,7 +90,6 @@ def vqa(
     from medfm.results import write_results
     from medfm.tasks.vqa import VQAConfig, run_vqa, split_train_test
 
-    out = prepare_out_dir(out, force=force)
     cfg = VQAConfig(
         image_encoder=None if image_encoder.lower() == "none" else image_encoder, fusion=fusion, model=model, base_url=base_url,
         generate_limit=generate_limit, test_fraction=test_fraction, n_boot=n_boot, seed=seed, device=device,
@@ -102,8 +103,9 @@ def vqa(
         tr, te = split_train_test(items, cfg)
         split = f"image-disjoint-{cfg.test_fraction:g}-seed{cfg.seed}"
     err_console.print(f"vqa: {len(tr)} training and {len(te)} test questions")
-    records = run_vqa(tr, te, cfg, dataset=train_dir.name, split=split, progress=progress)
-    write_results(out / "results.json", records, cfg)
+    with output_folder(out, force=force) as out:  # created once the inputs are read
+        records = run_vqa(tr, te, cfg, dataset=train_dir.name, split=split, progress=progress)
+        write_results(out / "results.json", records, cfg)
     if json_out:
         print_json(_summary(records, out))
     else:
@@ -120,38 +122,37 @@ def report_eval(
     bertscore_layer: int | None = typer.Option(None, "--bertscore-layer", help="Hidden layer used by BERTScore (default: the last)."),
     n_boot: int = typer.Option(1000, "--n-boot"),
     seed: int = typer.Option(0, "--seed"),
-    out: Path | None = typer.Option(None, "--out", help="Output folder for results.json (optional)."),
-    force: bool = typer.Option(False, "--force"),
-    json_out: bool = typer.Option(False, "--json"),
+    out: OptionalOutDir = None,
+    force: Force = False,
+    json_out: Json = False,
 ) -> None:
     """Score generated reports: BLEU-1..4, ROUGE-L, METEOR, CIDEr, clinical-efficacy F1, BERTScore (with --bertscore-model)."""
     import hashlib
     import time
 
-    from medfm._paths import file_hash, prepare_out_dir
+    from medfm._paths import file_hash
     from medfm.data.reports import paired_reports
     from medfm.results import Record, make_provenance, write_results
     from medfm.tasks.report_gen import evaluate_reports
 
-    if out is not None:
-        out = prepare_out_dir(out, force=force)
     t0 = time.perf_counter()
     ids, preds, refs = paired_reports(pred, ref)
-    skipped: dict[str, str] = {}
-    metrics = evaluate_reports(
-        preds, refs, meteor=meteor, n_boot=n_boot, seed=seed, bertscore_model=bertscore_model,
-        bertscore_layer=bertscore_layer, skipped=skipped,
-    )
-    for name, reason in skipped.items():
-        err_console.print(f"[yellow]{name} skipped:[/] {reason}")
-    spec = {"pred": str(pred), "ref": str(ref), "meteor": meteor, "n_boot": n_boot, "seed": seed,
-            "bertscore_model": bertscore_model, "bertscore_layer": bertscore_layer}
-    checksum = hashlib.sha256((file_hash(pred) + file_hash(ref)).encode()).hexdigest()
-    rec = Record(dataset=ref.stem, split="test", model=pred.stem, protocol="report_gen/eval", metrics=metrics,
-                 seed=seed, n=len(ids), seconds=round(time.perf_counter() - t0, 3),
-                 provenance=make_provenance(spec, data_checksum=checksum), extra={"skipped_metrics": skipped})
-    if out is not None:
-        write_results(out / "results.json", [rec], spec)
+    with output_folder(out, force=force) as folder:  # removed again when empty and scoring fails
+        skipped: dict[str, str] = {}
+        metrics = evaluate_reports(
+            preds, refs, meteor=meteor, n_boot=n_boot, seed=seed, bertscore_model=bertscore_model,
+            bertscore_layer=bertscore_layer, skipped=skipped,
+        )
+        for name, reason in skipped.items():
+            err_console.print(f"[yellow]{name} skipped:[/] {reason}")
+        spec = {"pred": str(pred), "ref": str(ref), "meteor": meteor, "n_boot": n_boot, "seed": seed,
+                "bertscore_model": bertscore_model, "bertscore_layer": bertscore_layer}
+        checksum = hashlib.sha256((file_hash(pred) + file_hash(ref)).encode()).hexdigest()
+        rec = Record(dataset=ref.stem, split="test", model=pred.stem, protocol="report_gen/eval", metrics=metrics,
+                     seed=seed, n=len(ids), seconds=round(time.perf_counter() - t0, 3),
+                     provenance=make_provenance(spec, data_checksum=checksum), extra={"skipped_metrics": skipped})
+        if folder is not None:
+            write_results(folder / "results.json", [rec], spec)
     if json_out:
         print_json(_summary([rec], out))
     else:
@@ -160,7 +161,7 @@ def report_eval(
 
 def synth(
     dataset: str = typer.Option(..., "--dataset", help="2D dataset name, e.g. breastmnist."),
-    data_dir: str | None = typer.Option(None, "--data-dir"),
+    data_dir: DataDir = None,
     train_steps: int = typer.Option(1500, "--train-steps", help="Optimiser steps of the diffusion model."),
     batch_size: int = typer.Option(32, "--batch-size"),
     channels: str = typer.Option("16,32", "--channels", help="UNet widths per level, e.g. 16,32."),
@@ -170,15 +171,15 @@ def synth(
     feature_encoder: str = typer.Option("random/vit-b16", "--feature-encoder", help="Zoo encoder for FD / precision / recall / probes."),
     n_boot: int = typer.Option(1000, "--n-boot"),
     seed: int = typer.Option(0, "--seed"),
-    device: str | None = typer.Option(None, "--device"),
-    out: Path = typer.Option(..., "--out"),
-    force: bool = typer.Option(False, "--force"),
-    json_out: bool = typer.Option(False, "--json"),
+    device: Device = None,
+    out: OutDir = ...,
+    force: Force = False,
+    json_out: Json = False,
 ) -> None:
     """Train a class-conditional diffusion model, sample, and score the samples against real images."""
     import numpy as np
 
-    from medfm._paths import atomic_path, prepare_out_dir
+    from medfm._paths import atomic_path
     from medfm.results import write_results
     from medfm.tasks.synthesis import DiffusionConfig, SynthConfig, run_synthesis
 
@@ -186,17 +187,17 @@ def synth(
         widths = tuple(int(c) for c in channels.split(",") if c.strip())
     except ValueError as exc:
         raise InputError(f"--channels: expected integers like 16,32, got {channels!r}") from exc
-    out = prepare_out_dir(out, force=force)
     cfg = SynthConfig(
         diffusion=DiffusionConfig(channels=widths, train_steps=train_steps, batch_size=batch_size, sample_steps=sample_steps, seed=seed),
         feature_encoder=feature_encoder, n_per_class=n_per_class, max_train=max_train, n_boot=n_boot, seed=seed, device=device,
     )
-    rec, images, labels, _ = run_synthesis(dataset, cfg, data_dir=data_dir, progress=progress)
-    with atomic_path(out / "samples.npz") as tmp:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, images=images, labels=labels)
-    _save_grid(images, labels, out / "samples.png")
-    write_results(out / "results.json", [rec], cfg)
+    with output_folder(out, force=force) as out:  # removed again when empty and the run fails
+        rec, images, labels, _ = run_synthesis(dataset, cfg, data_dir=data_dir, progress=progress)
+        with atomic_path(out / "samples.npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, images=images, labels=labels)
+        _save_grid(images, labels, out / "samples.png")
+        write_results(out / "results.json", [rec], cfg)
     if json_out:
         print_json(_summary([rec], out))
     else:

@@ -37,8 +37,10 @@ COMMAND_MODULES: list[str] = [
     "medfm.cli.segment",
     "medfm.cli.seg_prompt",
     "medfm.cli.prognosis",
+    "medfm.cli.signals",
     "medfm.cli.generate",
     "medfm.cli.serve",
+    "medfm.cli.trust",
 ]
 
 _state = {"debug": False}
@@ -90,12 +92,12 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"medfm: error: {exc}", file=sys.stderr)
         return 2
-    except click.exceptions.Exit as exc:
+    except (click.exceptions.Exit, typer.Exit) as exc:  # typer >= 0.2x raises its own (vendored click) classes
         return int(exc.exit_code or 0)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         print("medfm: aborted", file=sys.stderr)
         return 130
-    except click.ClickException as exc:
+    except (click.ClickException, typer.TyperException) as exc:  # usage errors: missing or bad options
         exc.show()
         return 2
     except KeyboardInterrupt:

@@ -1,5 +1,8 @@
 """``medfm prognosis``: survival models on a built-in dataset or a CSV/Parquet table, with CV,
-bootstrap CIs, ``results.json`` and an HTML report section."""
+bootstrap CIs, ``results.json`` and an HTML report section.
+
+One library call per step: ``load_survival_input`` (data), ``run_prognosis_job`` (task);
+this module only parses options and prints."""
 
 from __future__ import annotations
 
@@ -7,81 +10,45 @@ from pathlib import Path
 
 import typer
 
+from medfm.cli._common import DataDir, Force, Json, OptionalOutDir
+
 MODELS_HELP = "Comma-separated models: coxph, coxnet, rsf, gbsa, cgb, deepsurv, ssvm, kssvm, ensemble."
-TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq")
+METRIC_COLUMNS = ("c_harrell", "c_uno", "td_auc_mean", "ibs")
 
 
 def register(app: typer.Typer) -> None:
     app.command("prognosis")(prognosis_command)
 
 
-def _load_table(
-    dataset: str,
-    data_dir: Path | None,
-    schema: Path | None,
-    time_col: str | None,
-    event_col: str | None,
-    id_col: str | None,
-):  # -> (SurvivalTable, checksum)
-    from medfm._paths import file_hash
-    from medfm.data.survival import SURVIVAL_DATASETS, dataset_file_hash, load_survival_dataset, read_table
-    from medfm.errors import ConfigError
+def _render_report(records, title: str) -> str:
+    from medfm.report.survival import standalone_page, survival_section
 
-    if dataset in SURVIVAL_DATASETS:
-        if schema or time_col or event_col:
-            raise ConfigError(f"{dataset}: --schema/--time-col/--event-col apply to table files, not built-in datasets")
-        table = load_survival_dataset(dataset)
-        return table, dataset_file_hash(dataset)
-    path = Path(dataset).expanduser()
-    if not path.exists() and data_dir is not None and (Path(data_dir) / dataset).exists():
-        path = Path(data_dir) / dataset
-    if path.suffix.lower() not in TABLE_SUFFIXES and not path.exists():
-        from medfm._registry import suggest
-
-        names = SURVIVAL_DATASETS.names()
-        raise ConfigError(
-            f"unknown survival dataset '{dataset}'.{suggest(dataset, names)} Built-in: {', '.join(names)}; "
-            "or give a .csv/.parquet table with --schema or --time-col/--event-col"
-        )
-    table = read_table(path, schema=schema, time_col=time_col, event_col=event_col, id_col=id_col)
-    return table, file_hash(path)
+    return standalone_page(survival_section(records, title=title))
 
 
-def _add_embeddings(table, path: Path):  # -> SurvivalTable
-    """Append an image-embedding block: .npy (N, D) row-aligned, or .npz with ``embeddings``
-    (N, D) and optional ``ids`` matched to the table's id column."""
-    import numpy as np
+def _print_table(records) -> None:
+    from rich.table import Table
 
-    from medfm.errors import InputError
+    from medfm.cli._common import out_console
 
-    if not path.is_file():
-        raise InputError(f"{path}: embeddings file not found")
-    try:
-        if path.suffix == ".npy":
-            emb, ids = np.load(path), None
-        elif path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                if "embeddings" not in z:
-                    raise InputError(
-                        f"{path}: .npz needs an 'embeddings' array (and optionally 'ids'); found {list(z.keys())}"
-                    )
-                emb = z["embeddings"]
-                ids = z["ids"].astype(str) if "ids" in z else None
-        else:
-            raise InputError(f"{path}: embeddings must be .npy or .npz")
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read embeddings ({exc})") from exc
-    if emb.ndim != 2 or not np.all(np.isfinite(emb)):
-        raise InputError(f"{path}: embeddings must be a finite (N, D) array, got shape {emb.shape}")
-    if ids is not None:
-        pos = {k: i for i, k in enumerate(ids)}
-        missing = [i for i in table.ids if i not in pos]
-        if missing:
-            raise InputError(f"{path}: no embedding for table ids {missing[:5]} (ids come from the schema's id column)")
-        emb = emb[[pos[i] for i in table.ids]]
-    elif len(emb) != len(table):
-        raise InputError(f"{path}: {len(emb)} embeddings for {len(table)} table rows (add 'ids' to align them)")
-    return table.with_block("image", emb, prefix="img")
+    t = Table("model", "split", *METRIC_COLUMNS)
+    for r in records:
+        cells = []
+        for k in METRIC_COLUMNS:
+            v = r.metrics.get(k)
+            cells.append("-" if v is None else v.text(3))
+        if r.extra.get("error"):
+            cells = ["failed"] + ["-"] * (len(METRIC_COLUMNS) - 1)
+        t.add_row(r.model, r.split, *cells)
+    out_console.print(t)
+
+
+def _summary(run) -> dict:
+    keys = ("dataset", "split", "model", "n", "seconds", "metrics")
+    return {
+        "files": run.files,
+        "records": [{**{k: getattr(r, k) for k in keys}, "error": r.extra.get("error")} for r in run.records],
+    }
 
 
 def prognosis_command(
@@ -128,106 +95,30 @@ def prognosis_command(
         None, "--event-col", help="Event column (0/1) of a table file (without --schema)."
     ),
     id_col: str | None = typer.Option(None, "--id-col", help="Row id column of a table file (without --schema)."),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder to resolve a relative table path against."),
-    out: Path | None = typer.Option(None, "--out", help="Write results.json and report.html here."),
-    force: bool = typer.Option(False, "--force", help="Overwrite files in a non-empty --out."),
-    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+    data_dir: DataDir = None,
+    out: OptionalOutDir = None,
+    force: Force = False,
+    json_out: Json = False,
 ) -> None:
     """Fit survival models with cross-validation and report C-index, td-AUC, IBS and calibration with CIs."""
-    from medfm._paths import atomic_write_text, prepare_out_dir
-    from medfm._runtime import default_threads
-    from medfm.cli._common import err_console, out_console, print_json
-    from medfm.errors import ConfigError
+    from medfm.cli._common import err_console, out_console, output_folder, print_json
+    from medfm.data.survival import load_survival_input
+    from medfm.tasks.survival.run import prognosis_config, run_prognosis_job
 
-    models = tuple(m.strip() for m in model.split(",") if m.strip())
-    if not models:
-        raise ConfigError("--model: give at least one model")
-    if fusion not in ("early", "late-rank", "late-stack"):
-        raise ConfigError(f"--fusion must be early, late-rank or late-stack, got {fusion!r}")
-    from medfm.tasks.survival.cv import PrognosisConfig, run_prognosis
-    from medfm.tasks.survival.fusion import FusionConfig
-
-    mode, _, combine = fusion.partition("-")
-    cfg = PrognosisConfig(
-        models=models,
-        cv=cv,
-        seed=seed,
-        n_boot=n_boot,
-        tune=tune,
-        inner_cv=inner_cv,
-        test_size=test_size,
-        repeats=repeats,
-        fusion=FusionConfig(
-            mode=mode,
-            combine=combine or "rank",
-            pca_components=pca,
-            log_skewed=log_skewed,
-            splines=splines,
-            interactions=interactions,
-        ),
+    cfg = prognosis_config(
+        model, fusion, pca, log_skewed, splines, interactions,
+        cv=cv, seed=seed, n_boot=n_boot, tune=tune, inner_cv=inner_cv, test_size=test_size, repeats=repeats,
     )
-    if out is not None:
-        out = prepare_out_dir(out, force=force)
-    table, checksum = _load_table(dataset, data_dir, schema, time_col, event_col, id_col)
-    if embeddings is not None:
-        table = _add_embeddings(table, embeddings)
-    if "deepsurv" in models:  # the only model using torch; set its threads (MEDFM_THREADS / OMP_NUM_THREADS)
-        import torch
-
-        torch.set_num_threads(default_threads())
+    table, checksum = load_survival_input(dataset, data_dir, schema, time_col, event_col, id_col, embeddings)
     err_console.print(
         f"prognosis: {table.name}: {len(table)} rows, {int(table.event.sum())} events, "
-        f"{len(table.schema.covariates)} covariates; models {', '.join(models)}"
+        f"{len(table.schema.covariates)} covariates; models {', '.join(cfg.models)}"
     )
-    spec = {"command": "prognosis", "dataset": table.name, "config": cfg}
-    files: dict[str, str] = {}
-
-    def save(records: list) -> None:  # after every model, so a long run keeps what it finished
-        from medfm.report.survival import standalone_page, survival_section
-        from medfm.results import write_results
-
-        files["results"] = str(write_results(out / "results.json", records, spec))
-        page = standalone_page(survival_section(records, title=f"Prognosis: {table.name}"))
-        atomic_write_text(out / "report.html", page)
-        files["report"] = str(out / "report.html")
-
-    records = run_prognosis(table, cfg, data_checksum=checksum, on_record=save if out is not None else None)
+    with output_folder(out, force=force) as folder:
+        run = run_prognosis_job(table, cfg, folder, data_checksum=checksum, report=_render_report)
     if json_out:
-        print_json(
-            {
-                "files": files,
-                "records": [
-                    {
-                        "dataset": r.dataset,
-                        "split": r.split,
-                        "model": r.model,
-                        "n": r.n,
-                        "seconds": r.seconds,
-                        "error": r.extra.get("error"),
-                        "metrics": r.metrics,
-                    }
-                    for r in records
-                ],
-            }
-        )
+        print_json(_summary(run))
         return
-    from rich.table import Table
-
-    keys = ("c_harrell", "c_uno", "td_auc_mean", "ibs")
-    t = Table("model", "split", *keys)
-    for r in records:
-        cells = []
-        for k in keys:
-            v = r.metrics.get(k)
-            if v is None:
-                cells.append("-")
-            elif v.ci_low is None:
-                cells.append(f"{v.value:.3f}")
-            else:
-                cells.append(f"{v.value:.3f} [{v.ci_low:.3f}, {v.ci_high:.3f}]")
-        if r.extra.get("error"):
-            cells = ["failed"] + ["-"] * (len(keys) - 1)
-        t.add_row(r.model, r.split, *cells)
-    out_console.print(t)
-    for name, path in files.items():
+    _print_table(run.records)
+    for name, path in run.files.items():
         out_console.print(f"{name}: {path}")

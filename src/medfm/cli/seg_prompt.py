@@ -78,10 +78,8 @@ def seg_prompt_eval_command(
                   title=f"{run.model} on {run.dataset}/{run.split}, {run.protocol} ({res.n_cases} cases)")
     for group, vals in res.summary.items():
         def fmt(m: str, nd: int = 4) -> str:
-            s = vals[m]
-            extra = f" ({s['n_undefined']} undef.)" if s["n_undefined"] else ""
-            return f"{s['mean']:.{nd}f} [{s['ci_low']:.{nd}f}, {s['ci_high']:.{nd}f}]{extra}"
-        table.add_row(group, fmt("dice"), fmt("iou"), fmt("hd95_mm", 2), fmt("nsd"), str(vals["dice"]["n"]))
+            return vals[m].text(nd)
+        table.add_row(group, fmt("dice"), fmt("iou"), fmt("hd95_mm", 2), fmt("nsd"), str(vals["dice"].n))
     out_console.print(table)
     out_console.print(f"wrote {run.out / 'results.json'} and {run.out / 'cases.csv'}")
     for note in res.notes:

@@ -105,7 +105,7 @@ def train_seg_command(
     """Train a segmentation network (MONAI) on a dataset's train split, select on val, report test."""
     from medfm._paths import prepare_out_dir
     from medfm._runtime import configure_threads, default_device
-    from medfm.cli._common import out_console, print_json
+    from medfm.cli._common import err_console, out_console, print_json
     from medfm.tasks.segmentation.pipeline import DATASET_DEFAULTS, nan_to_none, train_and_evaluate
     from medfm.tasks.segmentation.train import SegTrainConfig
 
@@ -136,28 +136,39 @@ def train_seg_command(
                              tolerance_mm=tolerance_mm, n_boot=n_boot, eval_only=eval_only)
     doc = nan_to_none({"out": str(res.out), "best_val_dice": res.best_val_dice, "minutes": res.minutes,
                        "cpu_minutes": res.cpu_minutes,
-                       "epochs": res.epochs, "steps": res.steps, "test": res.test, "hc18": res.hc18})
+                       "epochs": res.epochs, "steps": res.steps, "test": res.test, "hc18": res.hc18,
+                       "warning": _training_warning(res.out)})
     if json_out:
         print_json(doc)
         return
     out_console.print(f"model: {res.out} (best val Dice {res.best_val_dice}, {res.epochs} epochs, {res.minutes:.1f} min, {res.cpu_minutes:.1f} CPU min)")
+    if doc["warning"]:
+        err_console.print(f"warning: {doc['warning']}")
     _print_test(res.test, res.hc18)
+
+
+def _training_warning(out: Path) -> str | None:
+    """The warning train-seg recorded in the model card (e.g. val Dice never rose above its first epoch)."""
+    from medfm.tasks.segmentation.model import read_info
+
+    return read_info(out).extra.get("warning")
 
 
 def _print_test(test: dict, hc18: dict) -> None:
     """The test split's Dice / HD95 / NSD per label group, and HC18's head circumference."""
     from medfm.cli._common import out_console
+    from medfm.results import format_metric
 
     for group, vals in test.items():
         d = vals["dice"]
-        out_console.print(f"test {group}: Dice {d['mean']:.4f} [{d['ci_low']:.4f}, {d['ci_high']:.4f}], "
-                          f"HD95 {vals['hd95_mm']['mean']:.2f} mm, NSD {vals['nsd']['mean']:.4f} (n={d['n']})")
+        out_console.print(f"test {group}: Dice {d.text(4)}, "
+                          f"HD95 {format_metric(vals['hd95_mm'].value, digits=2)} mm, NSD {format_metric(vals['nsd'].value, digits=4)} (n={d.n})")
     if hc18:
         m = hc18["hc_mad_mm"]
         e = hc18["dice_ellipse_fit"]
-        out_console.print(f"test HC MAD {m['mean']:.2f} mm [{m['ci_low']:.2f}, {m['ci_high']:.2f}] "
+        out_console.print(f"test HC MAD {m.text(2)} mm "
                           f"(mask offset {hc18['offset_px_from_train']['offset_px']:.2f} px from train); "
-                          f"Dice of the fitted ellipse {e['mean']:.4f} [{e['ci_low']:.4f}, {e['ci_high']:.4f}]")
+                          f"Dice of the fitted ellipse {e.text(4)}")
 
 
 def seg_ensemble_command(
@@ -242,11 +253,9 @@ def seg_eval_command(
     table = Table("group", "Dice", "IoU", "HD95 mm", "ASSD mm", "NSD", "|dV| ml", "n", title=f"{res.n_cases} cases")
     for group, vals in res.summary.items():
         def fmt(m: str, nd: int = 4) -> str:
-            s = vals[m]
-            extra = f" ({s['n_undefined']} undef.)" if s["n_undefined"] else ""
-            return f"{s['mean']:.{nd}f} [{s['ci_low']:.{nd}f}, {s['ci_high']:.{nd}f}]{extra}"
+            return vals[m].text(nd)
         table.add_row(group, fmt("dice"), fmt("iou"), fmt("hd95_mm", 2), fmt("assd_mm", 2), fmt("nsd"),
-                      fmt("abs_volume_diff_ml", 3), str(vals["dice"]["n"]))
+                      fmt("abs_volume_diff_ml", 3), str(vals["dice"].n))
     out_console.print(table)
     for note in res.notes:
         err_console.print(f"note: {note}")

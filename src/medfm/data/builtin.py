@@ -20,7 +20,7 @@ from medfm.data.dataset import (
     DEFAULT_FRACTIONS,
     DEFAULT_SPLIT_SEED,
     FileSplit,
-    Record,
+    SampleRef,
     group_split,
 )
 from medfm.data.fetch import Located
@@ -81,7 +81,7 @@ def check_geometry(image: Image, mask: Image, image_path: Path, mask_path: Path)
         raise InputError(f"mask {mask_path} does not match image {image_path}: {'; '.join(problems)}")
 
 
-def _split_records(records: list[Record], seed: int = DEFAULT_SPLIT_SEED) -> dict[str, list[Record]]:
+def _split_records(records: list[SampleRef], seed: int = DEFAULT_SPLIT_SEED) -> dict[str, list[SampleRef]]:
     parts = group_split([r.group or r.id for r in records], SPLITS, DEFAULT_FRACTIONS, seed)
     return {name: [records[i] for i in idx] for name, idx in parts.items()}
 
@@ -128,7 +128,7 @@ def _hc18_csv(root: Path) -> Path:
     raise InputError(f"{root}: no pixel-size CSV (training_set_pixel_size_and_HC.csv or pixel_size_and_HC.csv)")
 
 
-def hc18_records(root: Path) -> list[Record]:
+def hc18_records(root: Path) -> list[SampleRef]:
     """One record per training image; group = examination number (``023_2HC.png`` -> ``023``)."""
     table: dict[str, tuple[float, float]] = {}
     csv_path = _hc18_csv(root)
@@ -151,7 +151,7 @@ def hc18_records(root: Path) -> list[Record]:
         if path.name not in table:
             raise InputError(f"{path}: no row for {path.name} in {csv_path}")
         pixel_mm, hc_mm = table[path.name]
-        records.append(Record(
+        records.append(SampleRef(
             id=path.stem, image=path, mask=mask, group=m.group(1),
             meta={"examination": m.group(1), "pixel_mm": pixel_mm, "hc_mm": hc_mm, "file": path.name},
         ))
@@ -160,7 +160,7 @@ def hc18_records(root: Path) -> list[Record]:
     return records
 
 
-def _read_hc18(rec: Record) -> Sample:
+def _read_hc18(rec: SampleRef) -> Sample:
     from medfm.io import read_raster
 
     assert rec.image is not None and rec.mask is not None
@@ -211,7 +211,7 @@ def _nifti_stem(path: Path) -> str:
     return path.stem
 
 
-def msd_records(root: Path) -> list[Record]:
+def msd_records(root: Path) -> list[SampleRef]:
     """Pairs imagesTr/<case>.nii.gz with labelsTr/<case>.nii.gz; group = case (one per patient)."""
     records = []
     for path in sorted((root / "imagesTr").glob("*.nii*")):
@@ -221,13 +221,13 @@ def msd_records(root: Path) -> list[Record]:
         if not mask.is_file():
             raise InputError(f"{path}: label {mask} is missing")
         case = _nifti_stem(path)
-        records.append(Record(id=case, image=path, mask=mask, group=case, meta={"case": case}))
+        records.append(SampleRef(id=case, image=path, mask=mask, group=case, meta={"case": case}))
     if not records:
         raise InputError(f"{root / 'imagesTr'}: no NIfTI images")
     return records
 
 
-def _read_nifti_pair(rec: Record) -> Sample:
+def _read_nifti_pair(rec: SampleRef) -> Sample:
     from medfm.io import read_nifti
 
     assert rec.image is not None and rec.mask is not None
@@ -273,7 +273,7 @@ CHASE_DB1 = DatasetCard(
 _CHASE = re.compile(r"^Image_(\d+)([LR])\.(jpg|jpeg|png|tif)$", re.IGNORECASE)
 
 
-def chase_records(root: Path) -> list[Record]:
+def chase_records(root: Path) -> list[SampleRef]:
     """Images in ``images/`` with masks in ``1st_manual/`` / ``2nd_manual/``, or the official
     flat folder (``Image_01L.jpg`` beside ``Image_01L_1stHO.png``); group = child number."""
     image_dir = root / "images" if (root / "images").is_dir() else root
@@ -290,13 +290,13 @@ def chase_records(root: Path) -> list[Record]:
         meta = {"child": m.group(1), "eye": m.group(2).upper()}
         if second is not None:
             meta["second_observer_file"] = str(second)
-        records.append(Record(id=stem, image=path, mask=first, group=m.group(1), meta=meta))
+        records.append(SampleRef(id=stem, image=path, mask=first, group=m.group(1), meta=meta))
     if not records:
         raise InputError(f"{image_dir}: no CHASE_DB1 images (Image_NN[LR].jpg)")
     return records
 
 
-def _read_chase(rec: Record) -> Sample:
+def _read_chase(rec: SampleRef) -> Sample:
     from medfm.io import read_raster
 
     assert rec.image is not None and rec.mask is not None
@@ -341,12 +341,12 @@ VQA_RAD = DatasetCard(
 )
 
 
-def vqa_records(root: Path) -> list[Record]:
-    """One Record per question, read by :func:`medfm.data.vqa.load_vqa_folder` (the one VQA-RAD reader)."""
+def vqa_records(root: Path) -> list[SampleRef]:
+    """One SampleRef per question, read by :func:`medfm.data.vqa.load_vqa_folder` (the one VQA-RAD reader)."""
     from medfm.data.vqa import load_vqa_folder
 
     return [
-        Record(
+        SampleRef(
             id=f"q{it.qid}", image=it.image, text=it.question, group=it.image_name,
             meta={
                 "answer": it.answer, "answer_type": it.answer_type, "question_type": it.question_type, "organ": it.organ,
@@ -357,7 +357,7 @@ def vqa_records(root: Path) -> list[Record]:
     ]
 
 
-def _read_vqa(rec: Record) -> Sample:
+def _read_vqa(rec: SampleRef) -> Sample:
     from medfm.io import read_raster
 
     assert rec.image is not None

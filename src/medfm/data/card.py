@@ -80,6 +80,11 @@ class SplitData(Protocol):
     @property
     def ids(self) -> Sequence[str]: ...
 
+    def images(self) -> np.ndarray | None:
+        """All images of the split as one (N, C, H, W) / (N, C, D, H, W) array when the dataset
+        stores them so (MedMNIST), else None: read them sample by sample."""
+        ...
+
     def checksum(self) -> str:
         """Content hash of this split (files' checksums + split definition)."""
         ...

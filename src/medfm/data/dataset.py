@@ -62,7 +62,7 @@ class Dataset:
 
 
 @dataclass
-class Record:
+class SampleRef:
     """One sample on disk before it is read: paths, target and metadata."""
 
     id: str
@@ -84,7 +84,7 @@ class FileSplit:
     samples without a class label (segmentation, VQA, unlabelled folders).
     """
 
-    def __init__(self, card: DatasetCard, split: str, records: Sequence[Record], read: Callable[[Record], Sample]) -> None:
+    def __init__(self, card: DatasetCard, split: str, records: Sequence[SampleRef], read: Callable[[SampleRef], Sample]) -> None:
         self.card = card
         self.split = split
         self.records = list(records)
@@ -110,6 +110,10 @@ class FileSplit:
     @property
     def ids(self) -> Sequence[str]:
         return [r.id for r in self.records]
+
+    def images(self) -> None:
+        """None: files are read (and sized) sample by sample (see ``SplitData.images``)."""
+        return None
 
     def checksum(self) -> str:
         """Hash of (id, label, MD5 of every file) for every sample of the split."""

@@ -27,7 +27,7 @@ from typing import Any
 from medfm.data.builtin import check_geometry, to_label_mask
 from medfm.data.card import DatasetCard, Sample, SplitData
 from medfm.data.dataset import (
-    DEFAULT_FRACTIONS, DEFAULT_SPLIT_SEED, Dataset, FileSplit, Record, group_split, stratified_split,
+    DEFAULT_FRACTIONS, DEFAULT_SPLIT_SEED, Dataset, FileSplit, SampleRef, group_split, stratified_split,
 )
 from medfm.errors import ConfigError, InputError
 
@@ -119,7 +119,7 @@ def _read_labels_csv(root: Path) -> list[dict[str, str]]:
     return rows
 
 
-def _classification(root: Path, options: dict[str, Any]) -> tuple[DatasetCard, dict[str, list[Record]]]:
+def _classification(root: Path, options: dict[str, Any]) -> tuple[DatasetCard, dict[str, list[SampleRef]]]:
     rows = _read_labels_csv(root)
     csv_path = root / "labels.csv"
     values = sorted({r["label"] for r in rows}, key=lambda v: (0, int(v), "") if v.lstrip("-").isdigit() else (1, 0, v))
@@ -131,7 +131,7 @@ def _classification(root: Path, options: dict[str, Any]) -> tuple[DatasetCard, d
         p = root / row["file"]
         if not row["file"] or not (p.is_file() or p.is_dir()):
             raise InputError(f"{csv_path}: line {n}: file '{row['file']}' not found in {root}")
-        records.append(Record(
+        records.append(SampleRef(
             id=row["file"], image=p, label=index[row["label"]], group=row.get("group") or None,
             meta={"file": row["file"], "label_value": row["label"]},
         ))
@@ -206,7 +206,7 @@ def _official_splits(root: Path) -> dict[str, str] | None:
     return out
 
 
-def _segmentation(root: Path, dirs: tuple[Path, Path], options: dict[str, Any]) -> tuple[DatasetCard, dict[str, list[Record]]]:
+def _segmentation(root: Path, dirs: tuple[Path, Path], options: dict[str, Any]) -> tuple[DatasetCard, dict[str, list[SampleRef]]]:
     image_dir, mask_dir = dirs
     masks = {_stem(p): p for p in sorted(mask_dir.iterdir()) if _is_image_file(p)}
     records = []
@@ -217,7 +217,7 @@ def _segmentation(root: Path, dirs: tuple[Path, Path], options: dict[str, Any]) 
         mask = next((masks[stem + s] for s in MASK_SUFFIXES if stem + s in masks), None)
         if mask is None:
             raise InputError(f"image {path} has no mask in {mask_dir} (expected {stem}{_ext(path)} or {stem}_mask...)")
-        records.append(Record(id=stem, image=path, mask=mask, group=stem, meta={"file": path.name}))
+        records.append(SampleRef(id=stem, image=path, mask=mask, group=stem, meta={"file": path.name}))
     if not records:
         raise InputError(f"{image_dir}: no images ({LAYOUT_HELP})")
     seed = int(options.get("seed", DEFAULT_SPLIT_SEED))
@@ -249,7 +249,7 @@ def _segmentation(root: Path, dirs: tuple[Path, Path], options: dict[str, Any]) 
 
 # --------------------------------------------------------------------------- unlabelled
 
-def _unlabelled(root: Path, options: dict[str, Any]) -> tuple[DatasetCard, dict[str, list[Record]]]:
+def _unlabelled(root: Path, options: dict[str, Any]) -> tuple[DatasetCard, dict[str, list[SampleRef]]]:
     items: list[Path] = []
     for path in sorted(root.rglob("*")):
         if any(part.startswith(".") for part in path.relative_to(root).parts):
@@ -260,7 +260,7 @@ def _unlabelled(root: Path, options: dict[str, Any]) -> tuple[DatasetCard, dict[
             items.append(path)
     if not items:
         raise InputError(f"{root}: no images found; {LAYOUT_HELP}")
-    records = [Record(id=str(p.relative_to(root)), image=p, meta={"file": str(p.relative_to(root))}) for p in items]
+    records = [SampleRef(id=str(p.relative_to(root)), image=p, meta={"file": str(p.relative_to(root))}) for p in items]
     seed = int(options.get("seed", DEFAULT_SPLIT_SEED))
     fractions = tuple(options.get("fractions", DEFAULT_FRACTIONS))
     idx = group_split([r.id for r in records], SPLITS, fractions, seed)
@@ -297,7 +297,7 @@ def load_folder(root: str | Path, **options: Any) -> Dataset:
     if (root / "labels.csv").is_file():
         card, parts = _classification(root, options)
 
-        def read(rec: Record) -> Sample:
+        def read(rec: SampleRef) -> Sample:
             assert rec.image is not None
             image = read_any(rec.image)
             if modality:
@@ -307,7 +307,7 @@ def load_folder(root: str | Path, **options: Any) -> Dataset:
     elif (dirs := _pair_dirs(root)) is not None:
         card, parts = _segmentation(root, dirs, options)
 
-        def read(rec: Record) -> Sample:
+        def read(rec: SampleRef) -> Sample:
             assert rec.image is not None and rec.mask is not None
             image = read_any(rec.image)
             if modality:
@@ -319,7 +319,7 @@ def load_folder(root: str | Path, **options: Any) -> Dataset:
     else:
         card, parts = _unlabelled(root, options)
 
-        def read(rec: Record) -> Sample:
+        def read(rec: SampleRef) -> Sample:
             assert rec.image is not None
             image = read_any(rec.image)
             if modality:

@@ -1,15 +1,15 @@
 """The dataset registry: cards by name, each with the loader that reads it.
 
-Built-in cards are registered on first lookup (``import medfm.data`` stays light). The
-modules in ``BUILTIN_MODULES`` are imported then; ``medfm.data.survival`` is imported when it
-exists and registers its own cards with ``register_card`` at import time.
+Built-in cards are registered on first lookup (``import medfm.data`` stays light): every
+module that defines datasets (``medmnist``, ``builtin``, ``survival``) hands its cards and
+loaders to ``register_card`` here, and nowhere else. The survival tables need pandas (the
+``survival`` extra); without it their cards are left out.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from medfm._registry import Registry
@@ -19,9 +19,6 @@ from medfm.errors import ConfigError
 
 # (card, located files, **options) -> {split name: SplitData}
 Loader = Callable[..., dict[str, SplitData]]
-
-# Modules that register cards when imported (optional ones are skipped when absent).
-OPTIONAL_CARD_MODULES: tuple[str, ...] = ("medfm.data.survival",)
 
 _loaders: dict[str, Loader] = {}
 _state = {"loaded": False, "loading": False}
@@ -37,15 +34,22 @@ def _ensure_builtins() -> None:
         for card in medmnist.make_cards():
             if card.name not in DATASETS._items:  # noqa: SLF001 - idempotent re-entry
                 register_card(card, loader=medmnist.load)
-        for card, loader in builtin.CARDS_AND_LOADERS:
+        for card, loader in (*builtin.CARDS_AND_LOADERS, *_survival_cards()):
             if card.name not in DATASETS._items:  # noqa: SLF001
                 register_card(card, loader=loader)
-        for module in OPTIONAL_CARD_MODULES:
-            if importlib.util.find_spec(module) is not None:
-                importlib.import_module(module)
         _state["loaded"] = True
     finally:
         _state["loading"] = False
+
+
+def _survival_cards() -> Sequence[tuple[DatasetCard, Loader]]:
+    """The survival tables' cards and loader; none when pandas (the ``survival`` extra) is absent.
+    Any other import error is a bug and propagates."""
+    if importlib.util.find_spec("pandas") is None:
+        return ()
+    from medfm.data import survival
+
+    return survival.CARDS_AND_LOADERS
 
 
 class _CardRegistry(Registry[DatasetCard]):

@@ -24,7 +24,7 @@ import pandas as pd
 
 from medfm._config import from_dict, load_file
 from medfm._optional import optional_import
-from medfm._registry import Registry, suggest
+from medfm._registry import suggest
 from medfm.data.card import DatasetCard, Sample
 from medfm.errors import ConfigError, InputError
 
@@ -110,6 +110,11 @@ class SurvivalTable:
             self.name,
             self.ids[idx],
         )
+
+    def missing(self) -> dict[str, int]:
+        """Covariate -> number of rows with a missing value (the encoder imputes them per fold)."""
+        counts = self.X.isna().sum()
+        return {str(c): int(n) for c, n in counts.items() if n > 0}
 
     def checksum(self) -> str:
         """sha256 of the covariates, times and events (order-sensitive)."""
@@ -242,8 +247,8 @@ def table_from_frame(df: pd.DataFrame, schema: SurvivalSchema, where: str, name:
             bad = num.isna() & s.notna()
             if bad.any():
                 raise InputError(
-                    f"{where}: numeric covariate '{cov.name}' has non-numeric values "
-                    f"{sorted(map(str, s[bad].unique()))[:5]}; declare it categorical or fix the values"
+                    f"{where}: numeric covariate '{cov.name}' has non-numeric values: {_bad_cells(s, bad)}; "
+                    "fix the values (leave a missing value empty or write NA) or declare the column categorical"
                 )
             X[cov.name] = num.astype(np.float64)
             if np.isinf(X[cov.name]).any():
@@ -272,9 +277,12 @@ def table_from_frame(df: pd.DataFrame, schema: SurvivalSchema, where: str, name:
     return SurvivalTable(X, time, event, schema, name or Path(where).stem, ids)
 
 
-def infer_schema(df: pd.DataFrame, time: str, event: str, id: str | None = None) -> SurvivalSchema:
+def infer_schema(
+    df: pd.DataFrame, time: str, event: str, id: str | None = None, where: str = "table"
+) -> SurvivalSchema:
     """Schema from dtypes: numbers -> numeric (0/1 only -> binary), text/category -> categorical
-    (two levels -> binary). Used when the user gives ``--time-col/--event-col`` without a schema."""
+    (two levels -> binary). Used when the user gives ``--time-col/--event-col`` without a schema.
+    A text column that is mostly numbers raises InputError naming the rows that are not."""
     covs = []
     for col in df.columns:
         col = str(col)
@@ -287,8 +295,35 @@ def infer_schema(df: pd.DataFrame, time: str, event: str, id: str | None = None)
         elif pd.api.types.is_numeric_dtype(s):
             covs.append(Covariate(col, "binary" if nlev == 2 and set(s.dropna().unique()) <= {0, 1} else "numeric"))
         else:
+            _refuse_mostly_numeric(s, col, where)
             covs.append(Covariate(col, "binary" if nlev == 2 else "categorical"))
     return SurvivalSchema(time=time, event=event, covariates=tuple(covs), id=id)
+
+
+MOSTLY_NUMERIC = 0.8  # a text column whose values are at least this share numbers is a numeric column with typos
+
+
+def _bad_cells(s: pd.Series, bad: pd.Series, limit: int = 3) -> str:
+    """'row 12: 'unknown', row 40: '?'' for the first ``limit`` flagged cells (rows 1-based, as in
+    a spreadsheet's data rows; file line = row + 1 for a CSV with a header)."""
+    rows = np.flatnonzero(bad.to_numpy())
+    shown = ", ".join(f"row {i + 1}: {str(s.iloc[i])!r}" for i in rows[:limit])
+    return shown + (f" (and {len(rows) - limit} more)" if len(rows) > limit else "")
+
+
+def _refuse_mostly_numeric(s: pd.Series, col: str, where: str) -> None:
+    """A text column that is mostly numbers would become a one-hot of every distinct value: refuse
+    it, naming the rows and values that are not numbers."""
+    present = s.notna()
+    if not present.any():
+        return
+    num = pd.to_numeric(s.where(present), errors="coerce")
+    bad = num.isna() & present
+    if bad.any() and (~bad[present]).mean() >= MOSTLY_NUMERIC:
+        raise InputError(
+            f"{where}: column '{col}' holds numbers except {_bad_cells(s, bad)}; fix the values "
+            "(leave a missing value empty or write NA), or give a --schema that declares the column's type"
+        )
 
 
 def read_frame(path: str | Path) -> pd.DataFrame:
@@ -325,7 +360,7 @@ def read_table(
         for col in (time_col, event_col):
             if col not in df.columns:
                 raise InputError(f"{path}: column '{col}' not found.{suggest(col, [str(c) for c in df.columns])}")
-        schema = infer_schema(df, time_col, event_col, id_col)
+        schema = infer_schema(df, time_col, event_col, id_col, where=str(path))
     return table_from_frame(df, schema, str(path), name=Path(path).stem)
 
 
@@ -423,14 +458,12 @@ class TableEncoder:
 
 @dataclass(frozen=True)
 class SurvivalDataset:
-    """A built-in survival dataset: its card and a loader returning the raw DataFrame + schema."""
+    """Where a built-in survival table comes from: a loader returning the raw DataFrame + schema,
+    and the bundled file it reads (provenance). Its card lives in ``medfm.data.DATASETS``."""
 
     card: DatasetCard
     load_frame: Callable[[], tuple[pd.DataFrame, SurvivalSchema]]
     source_file: Callable[[], Path]
-
-
-SURVIVAL_DATASETS: Registry[SurvivalDataset] = Registry("survival dataset")
 
 
 def _sksurv_file(name: str) -> Callable[[], Path]:
@@ -591,9 +624,7 @@ _BUILTINS: tuple[tuple[DatasetCard, Callable[[], tuple[pd.DataFrame, SurvivalSch
     ),
 )
 
-for _card, _load, _file in _BUILTINS:
-    SURVIVAL_DATASETS.register(_card.name, SurvivalDataset(_card, _load, _file))
-
+_SOURCES: dict[str, SurvivalDataset] = {c.name: SurvivalDataset(c, load, f) for c, load, f in _BUILTINS}
 CARDS: tuple[DatasetCard, ...] = tuple(c for c, _, _ in _BUILTINS)
 
 
@@ -605,6 +636,10 @@ class SurvivalSplit:
         self.card = card
         self.split = split
         self.table = table
+
+    def images(self) -> None:
+        """None: a survival table holds no images (see ``SplitData.images``)."""
+        return None
 
     def __len__(self) -> int:
         return len(self.table)
@@ -640,27 +675,35 @@ def _registry_loader(card: DatasetCard, located: Any = None, **options: Any) -> 
     return {"all": SurvivalSplit(card, "all", load_survival_dataset(card.name))}
 
 
-def _register_global_cards() -> None:
-    """Add the cards to the global dataset registry (``medfm datasets list``) when it exists."""
-    try:
-        from medfm.data.registry import register_card
-    except ImportError:  # the global registry is optional for this module
-        return
-    for card in CARDS:
-        try:
-            register_card(card, loader=_registry_loader)
-        except ConfigError:  # already registered (module re-imported, or a name clash)
-            continue
+# The global dataset registry (``medfm.data.registry``) registers these with their loader.
+CARDS_AND_LOADERS: tuple[tuple[DatasetCard, Callable[..., dict[str, SurvivalSplit]]], ...] = tuple(
+    (card, _registry_loader) for card in CARDS
+)
 
 
-def survival_cards() -> tuple[DatasetCard, ...]:
-    """The built-in survival dataset cards (for the global dataset registry)."""
-    return CARDS
+def survival_dataset_names() -> list[str]:
+    """Names of the registered survival datasets (cards with task 'survival')."""
+    from medfm.data.registry import list_cards
+
+    return [c.name for c in list_cards() if c.task == "survival"]
+
+
+def _source(name: str) -> SurvivalDataset:
+    """The built-in source of a registered survival card; ConfigError for other names."""
+    from medfm.data.registry import get_card
+
+    card = get_card(name)  # unknown names: did-you-mean over every dataset
+    if card.task != "survival" or name not in _SOURCES:
+        raise ConfigError(
+            f"dataset {name} is a {card.task} dataset, not a survival table. "
+            f"Survival datasets: {', '.join(survival_dataset_names())}"
+        )
+    return _SOURCES[name]
 
 
 def load_survival_dataset(name: str) -> SurvivalTable:
-    """Load a built-in dataset by name (see ``SURVIVAL_DATASETS.names()``), validated."""
-    entry = SURVIVAL_DATASETS.get(name)
+    """Load a built-in dataset by name (see ``survival_dataset_names()``), validated."""
+    entry = _source(name)
     df, schema = entry.load_frame()
     return table_from_frame(df, schema, where=f"{name} ({entry.card.options.get('source', '')})", name=name)
 
@@ -669,8 +712,81 @@ def dataset_file_hash(name: str) -> str | None:
     """sha256 of the bundled file a built-in dataset is read from (provenance)."""
     from medfm._paths import file_hash
 
-    p = SURVIVAL_DATASETS.get(name).source_file()
+    p = _source(name).source_file()
     return file_hash(p) if p.is_file() else None
+
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq")
+
+
+def load_survival_input(
+    dataset: str,
+    data_dir: str | Path | None = None,
+    schema: str | Path | None = None,
+    time_col: str | None = None,
+    event_col: str | None = None,
+    id_col: str | None = None,
+    embeddings: str | Path | None = None,
+) -> tuple[SurvivalTable, str | None]:
+    """(table, checksum of its source) for a built-in dataset name or a CSV/Parquet table file
+    (a relative path is also looked up under ``data_dir``), with an optional image-embedding
+    block appended (see ``add_embeddings``). Nothing is written."""
+    from medfm._paths import file_hash
+    from medfm.data.registry import DATASETS
+
+    if dataset in DATASETS:
+        if schema or time_col or event_col:
+            raise ConfigError(f"{dataset}: --schema/--time-col/--event-col apply to table files, not built-in datasets")
+        table, checksum = load_survival_dataset(dataset), dataset_file_hash(dataset)
+    else:
+        path = Path(dataset).expanduser()
+        if not path.exists() and data_dir is not None and (Path(data_dir) / dataset).exists():
+            path = Path(data_dir) / dataset
+        if path.suffix.lower() not in TABLE_SUFFIXES and not path.exists():
+            names = survival_dataset_names()
+            raise ConfigError(
+                f"unknown survival dataset '{dataset}'.{suggest(dataset, names)} Built-in: {', '.join(names)}; "
+                "or give a .csv/.parquet table with --schema or --time-col/--event-col"
+            )
+        table = read_table(path, schema=schema, time_col=time_col, event_col=event_col, id_col=id_col)
+        checksum = file_hash(path)
+    if embeddings is not None:
+        table = add_embeddings(table, Path(embeddings))
+    return table, checksum
+
+
+def _read_embeddings(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(embeddings (N, D), ids or None) from a .npy or an .npz with ``embeddings`` (+ ``ids``)."""
+    if not path.is_file():
+        raise InputError(f"{path}: embeddings file not found")
+    try:
+        if path.suffix == ".npy":
+            return np.load(path), None
+        if path.suffix != ".npz":
+            raise InputError(f"{path}: embeddings must be .npy or .npz")
+        with np.load(path, allow_pickle=False) as z:
+            if "embeddings" not in z:
+                raise InputError(f"{path}: .npz needs an 'embeddings' array (and optionally 'ids'); found {list(z.keys())}")
+            return z["embeddings"], (z["ids"].astype(str) if "ids" in z else None)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read embeddings ({exc})") from exc
+
+
+def add_embeddings(table: SurvivalTable, path: Path) -> SurvivalTable:
+    """Append an image-embedding block (columns ``img_0..``): .npy (N, D) row-aligned, or .npz
+    with ``embeddings`` (N, D) and optional ``ids`` matched to the table's id column."""
+    emb, ids = _read_embeddings(path)
+    if emb.ndim != 2 or not np.all(np.isfinite(emb)):
+        raise InputError(f"{path}: embeddings must be a finite (N, D) array, got shape {emb.shape}")
+    if ids is not None:
+        pos = {k: i for i, k in enumerate(ids)}
+        missing = [i for i in table.ids if i not in pos]
+        if missing:
+            raise InputError(f"{path}: no embedding for table ids {missing[:5]} (ids come from the schema's id column)")
+        emb = emb[[pos[i] for i in table.ids]]
+    elif len(emb) != len(table):
+        raise InputError(f"{path}: {len(emb)} embeddings for {len(table)} table rows (add 'ids' to align them)")
+    return table.with_block("image", emb, prefix="img")
 
 
 def split_columns(names: Sequence[str], blocks: Sequence[str]) -> dict[str, np.ndarray]:
@@ -680,5 +796,3 @@ def split_columns(names: Sequence[str], blocks: Sequence[str]) -> dict[str, np.n
         out.setdefault(b, []).append(j)
     return {b: np.asarray(v, dtype=int) for b, v in out.items()}
 
-
-_register_global_cards()

@@ -27,7 +27,10 @@ def window(center: float, width: float, out_min: float = 0.0, out_max: float = 1
         raise ConfigError(f"window width must be > 0, got {width}")
     from monai.transforms import ScaleIntensityRange
 
-    return ScaleIntensityRange(a_min=center - width / 2, a_max=center + width / 2, b_min=out_min, b_max=out_max, clip=True)
+    from medfm.io.window import window_range
+
+    low, high = window_range(center, width)  # medfm's one window convention
+    return ScaleIntensityRange(a_min=low, a_max=high, b_min=out_min, b_max=out_max, clip=True)
 
 
 def ct_window(name: str, out_min: float = 0.0, out_max: float = 1.0) -> Any:

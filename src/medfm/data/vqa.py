@@ -39,6 +39,17 @@ class VQAItem:
         return self.image.name
 
 
+def _text(record: dict[str, Any], key: str, qa: Path, i: int) -> str:
+    """A field as stripped text; numbers are text (VQA-RAD has a few numeric answers), while
+    null, lists and empty text are refused naming the file and the entry (never the text 'None')."""
+    value = record[key]
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)) or not str(value).strip():
+        raise InputError(
+            f"{qa}: record {i} (qid {record.get('qid')}) has {key} {json.dumps(value)}; expected non-empty text"
+        )
+    return str(value).strip()
+
+
 def load_vqa_folder(folder: str | Path, split: str | None = None) -> list[VQAItem]:
     """Read ``folder/qa.json`` and check every referenced image exists under ``folder/images``.
 
@@ -61,10 +72,10 @@ def load_vqa_folder(folder: str | Path, split: str | None = None) -> list[VQAIte
     for i, r in enumerate(records):
         try:
             qid = str(r["qid"])
-            name = str(r["image_name"])
-            question = str(r["question"]).strip()
-            answer = str(r["answer"]).strip()
-            atype = str(r["answer_type"]).strip().upper()
+            name = _text(r, "image_name", qa, i)
+            question = _text(r, "question", qa, i)
+            answer = _text(r, "answer", qa, i)
+            atype = _text(r, "answer_type", qa, i).upper()
         except (KeyError, TypeError) as exc:
             raise InputError(f"{qa}: record {i} lacks field {exc}") from exc
         if atype not in ("CLOSED", "OPEN"):

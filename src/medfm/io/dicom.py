@@ -112,7 +112,27 @@ def _dcmread(path: Path, header_only: bool = False, force: bool = False) -> Any:
     except IsADirectoryError as exc:
         raise InputError(f"{path}: is a folder; use read_dicom_series for a series folder") from exc
     except Exception as exc:  # pydicom raises many types on damaged files (EOFError, ValueError, struct.error ...)
-        raise InputError(f"{path}: cannot parse DICOM ({type(exc).__name__}: {exc}); the file may be truncated or damaged") from exc
+        raise InputError(f"{path}: cannot parse DICOM ({_one_line(exc)}); the file may be truncated or damaged") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line (library messages may hold newlines)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def _no_image_reason(ds: Any, path: Path) -> str:
+    """Why a parsed file has no Rows/Columns: a truncated or damaged header when its SOP class
+    is an image class (or missing, though every DICOM object declares one), else a non-image object."""
+    sop = ds.get("SOPClassUID") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
+    name = str(getattr(sop, "name", sop))
+    if sop is None or "Image Storage" in name:
+        size = path.stat().st_size if path.is_file() else 0
+        what = f"a {name} file" if sop is not None else "its SOP class"
+        return (
+            f"DICOM header ends before the image attributes (no Rows/Columns, {what} at {size} bytes); "
+            "the file is truncated or damaged"
+        )
+    return f"DICOM file holds no image (SOP class {name})"
 
 
 def _floats(value: Any, n: int) -> np.ndarray | None:
@@ -203,12 +223,15 @@ def _frame_geometry(ds: Any, label: str) -> list[_Slice]:
     return [_Slice(label, rows, cols, position, orientation, spacing)]
 
 
-def _stack_geometry(slices: Sequence[_Slice], where: str) -> tuple[np.ndarray, float | None, np.ndarray, np.ndarray]:
+def _stack_geometry(
+    slices: Sequence[_Slice], where: str, allow_gaps: bool = False
+) -> tuple[np.ndarray, float | None, np.ndarray, np.ndarray]:
     """Order slices along their normal and check that they form one regular volume.
 
     Returns (order, spacing between slices or None for one slice, origin_xyz, direction).
     Raises InputError for mixed sizes or orientations, duplicate positions, missing slices
-    (a gap that is a multiple of the usual step), irregular steps and sheared stacks.
+    (a gap that is a multiple of the usual step), irregular steps and sheared stacks;
+    ``allow_gaps`` turns missing slices and irregular steps into a warning (spacing = the median step).
     """
     first = slices[0]
     for s in slices[1:]:
@@ -243,26 +266,37 @@ def _stack_geometry(slices: Sequence[_Slice], where: str) -> tuple[np.ndarray, f
             "(echoes, phases or stacks), which is not supported"
         )
     step = float(np.median(steps))
-    tol = max(0.02 * step, 0.01)
-    bad = np.flatnonzero(np.abs(steps - step) > tol)
-    if bad.size:
-        i = int(bad[0])
-        gap = float(steps[i])
-        ratio = gap / step
-        if ratio > 1.5 and abs(ratio - round(ratio)) < 0.1:
-            raise InputError(
-                f"{where}: missing slice: {labels[i]} and {labels[i + 1]} are {gap:.3f} mm apart while the other slices are "
-                f"{step:.3f} mm apart (about {round(ratio) - 1} slice(s) missing)"
-            )
-        raise InputError(
-            f"{where}: irregular slice spacing: {labels[i]} to {labels[i + 1]} is {gap:.3f} mm, the usual step is {step:.3f} mm"
-        )
+    gaps = _irregular_steps(steps, step, labels, where)
+    if gaps and not allow_gaps:
+        raise InputError(gaps[0])
+    if gaps:
+        warnings.warn(f"{'; '.join(gaps)}; read anyway (gaps allowed): z spacing is the usual step", stacklevel=3)
     inplane = positions[order] - positions[order[0]] - np.outer(proj[order] - proj[order[0]], normal)
     if np.max(np.abs(inplane)) > max(0.05 * step, 0.05):
         raise InputError(
             f"{where}: slices are not stacked along their normal (gantry tilt or sheared acquisition); resample the series first"
         )
-    return order, float(np.mean(steps)), positions[order[0]], direction
+    return order, step if gaps else float(np.mean(steps)), positions[order[0]], direction
+
+
+def _irregular_steps(steps: np.ndarray, step: float, labels: Sequence[str], where: str) -> list[str]:
+    """One message per step between neighbouring slices that differs from the usual ``step``:
+    a missing slice (a gap that is a multiple of the step) or irregular spacing."""
+    tol = max(0.02 * step, 0.01)
+    out = []
+    for i in np.flatnonzero(np.abs(steps - step) > tol):
+        gap = float(steps[i])
+        ratio = gap / step
+        if ratio > 1.5 and abs(ratio - round(ratio)) < 0.1:
+            out.append(
+                f"{where}: missing slice: {labels[i]} and {labels[i + 1]} are {gap:.3f} mm apart while the other slices are "
+                f"{step:.3f} mm apart (about {round(ratio) - 1} slice(s) missing)"
+            )
+        else:
+            out.append(
+                f"{where}: irregular slice spacing: {labels[i]} to {labels[i + 1]} is {gap:.3f} mm, the usual step is {step:.3f} mm"
+            )
+    return out
 
 
 def _stored_range(ds: Any) -> np.ndarray:
@@ -360,7 +394,7 @@ def _pixels(ds: Any, path: Path) -> np.ndarray:
         tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         ts_name = getattr(tsyntax, "name", tsyntax)
         raise InputError(
-            f"{path}: cannot decode pixel data ({type(exc).__name__}: {exc}); transfer syntax {ts_name}; "
+            f"{path}: cannot decode pixel data ({_one_line(exc)}); transfer syntax {ts_name}; "
             "the file may be truncated, or a codec is missing (pip install 'medfm[codecs]')"
         ) from exc
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
@@ -384,40 +418,38 @@ def _sop_uid(ds: Any) -> str:
     return str(ds.get("SOPInstanceUID", ""))
 
 
-def _to_image(
-    datasets: Sequence[Any],
-    paths: Sequence[Path],
-    where: Path,
-    fmt: str,
-) -> Image:
-    """Build one Image from single-frame datasets (a series) or from one multi-frame dataset."""
-    multi = len(datasets) == 1 and _n_frames(datasets[0]) > 1
-    slices: list[_Slice] = []
-    for ds, p in zip(datasets, paths):
-        slices.extend(_frame_geometry(ds, p.name))
-    ds0 = datasets[0]
-    photometric = str(ds0.get("PhotometricInterpretation", "MONOCHROME2")).strip()
-    monochrome = photometric.startswith("MONOCHROME")
+def _volume_geometry(
+    slices: Sequence[_Slice], multi: bool, where: Path, allow_gaps: bool
+) -> tuple[np.ndarray, float | None, np.ndarray, np.ndarray]:
+    """(z order, slice step or None, origin_xyz, direction): from the stack of positioned slices,
+    else (one slice, or multi-frame without positions) the stored order and the first frame."""
     positioned = all(s.position is not None and s.orientation is not None for s in slices)
     if len(slices) > 1 and (positioned or not multi):
-        order, step, origin_xyz, direction = _stack_geometry(slices, str(where))
-    else:
-        order = np.arange(len(slices))
-        step = None
-        first = slices[0]
-        origin_xyz = first.position if first.position is not None else np.zeros(3)
-        if first.orientation is not None:
-            r, c = first.orientation[:3], first.orientation[3:]
-            direction = np.column_stack([r, c, np.cross(r, c)])
-        else:
-            direction = np.eye(3)
-    pixel_spacing = slices[0].pixel_spacing or _valid_spacing(ds0.get("PixelSpacing")) or _valid_spacing(ds0.get("ImagerPixelSpacing"))
-    for s in slices[1:]:
-        if s.pixel_spacing is not None and pixel_spacing is not None and not np.allclose(s.pixel_spacing, pixel_spacing, rtol=1e-4):
-            raise InputError(f"{where}: mixed pixel spacings in one series: {slices[0].label} {pixel_spacing}, {s.label} {s.pixel_spacing}")
+        return _stack_geometry(slices, str(where), allow_gaps)
+    first = slices[0]
+    origin_xyz = first.position if first.position is not None else np.zeros(3)
+    direction = np.eye(3)
+    if first.orientation is not None:
+        r, c = first.orientation[:3], first.orientation[3:]
+        direction = np.column_stack([r, c, np.cross(r, c)])
+    return np.arange(len(slices)), None, origin_xyz, direction
 
-    # Decode file by file (storage order) straight into the z slot of each frame.
-    z_of = np.empty(len(slices), dtype=np.int64)
+
+def _pixel_spacing(slices: Sequence[_Slice], ds0: Any, where: Path) -> tuple[float, float] | None:
+    """In-plane (row, column) spacing in mm shared by every slice; None when the files give none."""
+    spacing = slices[0].pixel_spacing or _valid_spacing(ds0.get("PixelSpacing")) or _valid_spacing(ds0.get("ImagerPixelSpacing"))
+    for s in slices[1:]:
+        if s.pixel_spacing is not None and spacing is not None and not np.allclose(s.pixel_spacing, spacing, rtol=1e-4):
+            raise InputError(f"{where}: mixed pixel spacings in one series: {slices[0].label} {spacing}, {s.label} {s.pixel_spacing}")
+    return spacing
+
+
+def _decode_volume(
+    datasets: Sequence[Any], paths: Sequence[Path], order: np.ndarray, monochrome: bool
+) -> tuple[np.ndarray, list[tuple[float, float]], bool]:
+    """(volume (Z, Y, X, C) in z order, output value range of each frame, rescaled?): decoded
+    file by file (storage order) straight into the z slot of each frame."""
+    z_of = np.empty(len(order), dtype=np.int64)
     z_of[order] = np.arange(len(order))
     depths = {(int(ds.get("BitsAllocated", 0)), int(ds.get("PixelRepresentation", 0))) for ds in datasets}
     transformed = monochrome and (any(_has_modality_transform(ds) for ds in datasets) or len(depths) > 1)
@@ -433,36 +465,44 @@ def _to_image(
                 ranges.append(rng)
                 frame = values[..., None]
             if vol is None:
-                vol = np.empty((len(slices), *frame.shape), dtype=np.float32 if transformed else frame.dtype)
+                vol = np.empty((len(order), *frame.shape), dtype=np.float32 if transformed else frame.dtype)
             vol[z_of[flat]] = frame
             flat += 1
         del px
     assert vol is not None  # at least one frame was decoded
-    rescaled = bool(transformed)
-    invert_sum = None
-    if photometric == "MONOCHROME1":
-        invert_sum = min(r[0] for r in ranges) + max(r[1] for r in ranges)
-        dtype = vol.dtype
-        vol = (invert_sum - vol.astype(np.float64 if dtype.kind == "f" else np.int64)).astype(dtype)
+    return vol, ranges, bool(transformed)
 
+
+def _file_slice_step(ds0: Any) -> float:
+    """Slice step of a single slice or unpositioned frames: SpacingBetweenSlices, else
+    SliceThickness (enhanced files: from their pixel measures), else 1 mm."""
+    thickness = ds0.get("SpacingBetweenSlices") or ds0.get("SliceThickness")
+    if _is_enhanced(ds0):
+        meas = _fg_item(ds0, 0, "PixelMeasuresSequence")
+        if meas is not None:
+            thickness = meas.get("SpacingBetweenSlices") or meas.get("SliceThickness") or thickness
+    try:
+        return float(thickness) if thickness and float(thickness) > 0 else 1.0
+    except (TypeError, ValueError):
+        return 1.0
+
+
+def _windows_and_default(ds0: Any, frame: int, invert_sum: float | None) -> tuple[dict[str, tuple[float, float]], Any]:
+    """The file's own windows plus, for CT, the named presets; the default is the file's own
+    window, else for CT the soft-tissue preset."""
     modality = str(ds0.get("Modality", "OT") or "OT")
-    windows = _windows(ds0, int(order[0]) if multi else 0, invert_sum)
-    # The file's own window is the default; CT without one falls back to soft tissue.
+    windows = _windows(ds0, frame, invert_sum)
     default_window = next(iter(windows.values()), WINDOW_PRESETS["soft_tissue"] if modality == "CT" else None)
     if modality == "CT":
         for name, cw in WINDOW_PRESETS.items():
             windows.setdefault(name, cw)
+    return windows, default_window
 
-    patient = positioned
+
+def _uids_meta(datasets: Sequence[Any], paths: Sequence[Path], order: np.ndarray, multi: bool) -> dict[str, Any]:
+    """Series/study/SOP identifiers; ``sop_instance_uids`` / ``files`` / ``frame_numbers`` follow z."""
+    ds0 = datasets[0]
     meta: dict[str, Any] = {
-        "path": str(where),
-        "format": fmt,
-        "frame": "patient" if patient else "image",
-        "spacing_known": pixel_spacing is not None,
-        "photometric": photometric,
-        "rescaled": rescaled,
-        "window": default_window,
-        "windows": windows,
         "series_instance_uid": str(ds0.get("SeriesInstanceUID", "")),
         "study_instance_uid": str(ds0.get("StudyInstanceUID", "")),
         "frame_of_reference_uid": str(ds0.get("FrameOfReferenceUID", "")),
@@ -475,21 +515,49 @@ def _to_image(
     else:
         meta["sop_instance_uids"] = [_sop_uid(datasets[i]) for i in order]
         meta["files"] = [str(paths[i]) for i in order]
+    return meta
+
+
+def _to_image(
+    datasets: Sequence[Any],
+    paths: Sequence[Path],
+    where: Path,
+    fmt: str,
+    allow_gaps: bool = False,
+) -> Image:
+    """Build one Image from single-frame datasets (a series) or from one multi-frame dataset."""
+    multi = len(datasets) == 1 and _n_frames(datasets[0]) > 1
+    slices = [s for ds, p in zip(datasets, paths) for s in _frame_geometry(ds, p.name)]
+    ds0 = datasets[0]
+    photometric = str(ds0.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    patient = all(s.position is not None and s.orientation is not None for s in slices)
+    order, step, origin_xyz, direction = _volume_geometry(slices, multi, where, allow_gaps)
+    pixel_spacing = _pixel_spacing(slices, ds0, where)
+    vol, ranges, rescaled = _decode_volume(datasets, paths, order, photometric.startswith("MONOCHROME"))
+    invert_sum = None
+    if photometric == "MONOCHROME1":
+        invert_sum = min(r[0] for r in ranges) + max(r[1] for r in ranges)
+        dtype = vol.dtype
+        vol = (invert_sum - vol.astype(np.float64 if dtype.kind == "f" else np.int64)).astype(dtype)
+    windows, default_window = _windows_and_default(ds0, int(order[0]) if multi else 0, invert_sum)
+    modality = str(ds0.get("Modality", "OT") or "OT")
+    meta: dict[str, Any] = {
+        "path": str(where),
+        "format": fmt,
+        "frame": "patient" if patient else "image",
+        "spacing_known": pixel_spacing is not None,
+        "photometric": photometric,
+        "rescaled": rescaled,
+        "window": default_window,
+        "windows": windows,
+        **_uids_meta(datasets, paths, order, multi),
+    }
     sy, sx = pixel_spacing if pixel_spacing is not None else (1.0, 1.0)
     array = np.ascontiguousarray(np.moveaxis(vol, -1, 0))  # (C, Z, Y, X); no copy for one channel
     if not patient and array.shape[1] == 1:
         # A projection image or photo: 2D, geometry in pixel/detector units.
         return Image(array[:, 0], (sy, sx), (0.0, 0.0), np.eye(3), modality, meta)
-    if step is None:
-        thickness = ds0.get("SpacingBetweenSlices") or ds0.get("SliceThickness")
-        if _is_enhanced(ds0):
-            meas = _fg_item(ds0, 0, "PixelMeasuresSequence")
-            if meas is not None:
-                thickness = meas.get("SpacingBetweenSlices") or meas.get("SliceThickness") or thickness
-        try:
-            step = float(thickness) if thickness and float(thickness) > 0 else 1.0
-        except (TypeError, ValueError):
-            step = 1.0
+    step = _file_slice_step(ds0) if step is None else step
     origin = tuple(float(v) for v in np.asarray(origin_xyz)[::-1])
     return Image(array, (step, sy, sx), origin, direction, modality, meta)
 
@@ -513,36 +581,92 @@ def read_dicom(path: str | Path) -> Image:
     if str(ds.get("SOPClassUID", "")) == SEG_SOP_CLASS:
         raise InputError(f"{path}: is a DICOM-SEG; read it with read_dicom_seg(path, reference_series) (or read_image for its own grid)")
     if "Rows" not in ds or "Columns" not in ds:
-        sop = getattr(ds.get("SOPClassUID"), "name", ds.get("SOPClassUID"))
-        raise InputError(f"{path}: DICOM file holds no image (SOP class {sop})")
+        raise InputError(f"{path}: {_no_image_reason(ds, path)}")
     return _to_image([ds], [path], path, "dicom")
 
 
-def _scan(folder: Path) -> tuple[dict[str, list[tuple[Path, Any]]], int]:
-    """Headers of the image files under ``folder``, grouped by SeriesInstanceUID; and the skip count."""
+# Files that often sit beside a series without being DICOM (notes, exports, a CD's viewer):
+# ignored and listed in meta['skipped_files']. Any other file that is not DICOM is refused.
+SIDECAR_SUFFIXES = (
+    ".txt", ".md", ".json", ".xml", ".csv", ".tsv", ".html", ".htm", ".pdf", ".png", ".jpg", ".jpeg", ".gif",
+    ".bmp", ".tif", ".tiff", ".svg", ".ico", ".nrrd", ".nii", ".gz", ".zip", ".yaml", ".yml", ".log", ".ini",
+    ".db", ".py", ".sh", ".exe", ".dll", ".inf", ".bat", ".cfg", ".js", ".css", ".xsl", ".jar", ".rtf",
+    ".doc", ".docx", ".xls", ".xlsx",
+)
+SIDECAR_NAMES = ("readme", "license", "licence", "copying", "notes")
+
+
+@dataclass
+class _Scan:
+    """A folder's image headers by SeriesInstanceUID; ``ignored``: sidecar files and non-image
+    DICOM objects ('name (why)'); ``unreadable``: files that should hold DICOM but cannot be read."""
+
+    groups: dict[str, list[tuple[Path, Any]]]
+    ignored: list[str]
+    unreadable: list[tuple[Path, str]]
+
+
+def _is_sidecar(p: Path) -> bool:
+    return p.suffix.lower() in SIDECAR_SUFFIXES or p.stem.lower() in SIDECAR_NAMES
+
+
+def _scan_header(p: Path) -> tuple[Any, str | None]:
+    """(header, None), or (None, why the file is not DICOM) for a file pydicom refuses."""
     pydicom = _pydicom()
     from pydicom.errors import InvalidDicomError
 
-    groups: dict[str, list[tuple[Path, Any]]] = {}
-    skipped = 0
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # Large values (pixel data) stay on disk until used: one parse per file.
+            return pydicom.dcmread(p, defer_size=4096), None
+    except InvalidDicomError:
+        legacy = _read_without_preamble(p, header_only=False)  # old files without the preamble
+        return (legacy, None) if legacy is not None else (None, "not a DICOM file")
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on damaged files
+        return None, f"cannot parse DICOM ({_one_line(exc)}); the file may be truncated or damaged"
+
+
+def _scan(folder: Path) -> _Scan:
+    """Headers of the image files under ``folder`` (recursive; hidden files left out)."""
+    scan = _Scan({}, [], [])
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
     for p in files:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                # Large values (pixel data) stay on disk until used: one parse per file.
-                ds = pydicom.dcmread(p, defer_size=4096)
-        except InvalidDicomError:
-            skipped += 1  # not DICOM (README, thumbnails, ...)
+        if _is_sidecar(p) and not is_dicom_file(p):  # not parsed: notes, images, archives ...
+            scan.ignored.append(f"{p.relative_to(folder)} (not DICOM)")
             continue
-        except Exception as exc:
-            raise InputError(f"{p}: cannot parse DICOM ({type(exc).__name__}: {exc}); the file may be truncated or damaged") from exc
+        ds, why = _scan_header(p)
+        if ds is None:
+            scan.unreadable.append((p, why or "unreadable"))
+            continue
         sop_class = str(ds.get("SOPClassUID", ""))
-        if sop_class in (SEG_SOP_CLASS, _DICOMDIR_SOP_CLASS) or "Rows" not in ds:
-            skipped += 1  # segmentations, DICOMDIR, structured reports, RT structures ...
-            continue
-        groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((p, ds))
-    return groups, skipped
+        if sop_class in (SEG_SOP_CLASS, _DICOMDIR_SOP_CLASS):
+            scan.ignored.append(f"{p.relative_to(folder)} (segmentation or DICOMDIR)")
+        elif "Rows" not in ds:
+            why = _no_image_reason(ds, p)  # structured reports, RT structures ... or a cut header
+            if why.startswith("DICOM header ends"):
+                scan.unreadable.append((p, why))
+            else:
+                scan.ignored.append(f"{p.relative_to(folder)} ({why})")
+        else:
+            scan.groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((p, ds))
+    return scan
+
+
+def _check_unreadable(folder: Path, scan: _Scan, allow: bool) -> list[str]:
+    """Refuse a folder with files that cannot be read (each could be a missing slice), or, with
+    ``allow``, warn naming them; returns every skipped file as 'name (why)'."""
+    if not scan.unreadable:
+        return list(scan.ignored)
+    named = [f"{p.relative_to(folder)} ({why})" for p, why in scan.unreadable]
+    shown = "; ".join(named[:5]) + (f"; and {len(named) - 5} more" if len(named) > 5 else "")
+    if not allow:
+        raise InputError(
+            f"{folder}: {len(named)} file(s) cannot be read as DICOM: {shown}. A missing slice changes the volume; "
+            "remove or fix the file(s), or pass --allow-unreadable (allow_unreadable=True) to read the series without them"
+        )
+    warnings.warn(f"{folder}: skipped {len(named)} unreadable file(s): {shown}", stacklevel=3)
+    return list(scan.ignored) + named
 
 
 def list_dicom_series(folder: str | Path) -> list[SeriesInfo]:
@@ -550,7 +674,7 @@ def list_dicom_series(folder: str | Path) -> list[SeriesInfo]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder")
-    groups, _ = _scan(folder)
+    groups = _scan(folder).groups
     infos = [
         SeriesInfo(uid, str(items[0][1].get("Modality", "OT")), str(items[0][1].get("SeriesDescription", "")), len(items))
         for uid, items in groups.items()
@@ -558,14 +682,20 @@ def list_dicom_series(folder: str | Path) -> list[SeriesInfo]:
     return sorted(infos, key=lambda s: (-s.n_files, s.series_uid))
 
 
-def _series_files(folder: Path, series_uid: str | None) -> tuple[list[tuple[Path, Any]], int]:
+def _series_files(
+    folder: Path, series_uid: str | None, allow_unreadable: bool = False
+) -> tuple[list[tuple[Path, Any]], list[str]]:
+    """The (path, header) pairs of one series, and the skipped files ('name (why)')."""
     if not folder.exists():
         raise InputError(f"{folder}: no such folder")
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder")
-    groups, skipped = _scan(folder)
+    scan = _scan(folder)
+    groups = scan.groups
     if not groups:
-        raise InputError(f"{folder}: no DICOM image files found (a folder is read as one DICOM series)")
+        bad = "; ".join(f"{p.name} ({why})" for p, why in scan.unreadable[:3])
+        raise InputError(f"{folder}: no DICOM image files found (a folder is read as one DICOM series)" + (f"; unreadable: {bad}" if bad else ""))
+    skipped = _check_unreadable(folder, scan, allow_unreadable)
     if series_uid is None:
         if len(groups) > 1:
             lines = "; ".join(s.line() for s in list_dicom_series(folder))
@@ -577,17 +707,24 @@ def _series_files(folder: Path, series_uid: str | None) -> tuple[list[tuple[Path
     return groups[series_uid], skipped
 
 
-def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Image:
+def read_dicom_series(
+    folder: str | Path, series_uid: str | None = None, allow_unreadable: bool = False, allow_gaps: bool = False
+) -> Image:
     """Read the DICOM series in ``folder`` as one volume (C, Z, Y, X).
 
     Slices are ordered by ImagePositionPatient projected on the slice normal (never by file
     name or InstanceNumber); the z spacing is the mean step between positions. Raises
     InputError naming the folder and files for mixed sizes/orientations, missing or
-    duplicated slices, damaged files, or several series when ``series_uid`` is not given.
-    ``meta['sop_instance_uids']`` / ``meta['files']`` follow the z axis.
+    duplicated slices, irregular spacing, files that cannot be read as DICOM (any of them
+    could be a slice), or several series when ``series_uid`` is not given.
+    ``allow_unreadable`` reads without unreadable files and ``allow_gaps`` accepts missing
+    slices / irregular spacing, each with a warning naming the files. Sidecar files (README,
+    .txt, .json, ...) and non-image DICOM objects are ignored. ``meta['skipped_files']`` lists
+    every file left out as 'name (why)'; ``meta['sop_instance_uids']`` / ``meta['files']``
+    follow the z axis.
     """
     folder = Path(folder)
-    items, skipped = _series_files(folder, series_uid)
+    items, skipped = _series_files(folder, series_uid, allow_unreadable)
     if len(items) == 1:
         img = read_dicom(items[0][0])
         img.meta.update(path=str(folder), format="dicom-series", skipped_files=skipped)
@@ -596,7 +733,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Imag
     if multi:
         raise InputError(f"{folder}: series mixes several files with multi-frame files ({', '.join(multi[:3])}); not supported")
     paths = [p for p, _ in items]
-    img = _to_image([ds for _, ds in items], paths, folder, "dicom-series")
+    img = _to_image([ds for _, ds in items], paths, folder, "dicom-series", allow_gaps)
     img.meta["skipped_files"] = skipped
     return img
 

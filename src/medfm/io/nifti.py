@@ -55,7 +55,8 @@ def read_nifti(path: str | Path) -> Image:
         img = _load(path)
         data = np.asarray(img.dataobj)
     except Exception as exc:
-        raise InputError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
+        # nibabel's messages can span lines ("... - could the file be damaged?"): one line here
+        raise InputError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {' '.join(str(exc).split())})") from exc
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(f"{path}: is a {type(img).__name__}, not NIfTI")
     if data.ndim < 2 or data.ndim > 5:

@@ -17,7 +17,14 @@ import numpy as np
 
 from medfm.errors import InputError
 
-HIGHER_IS_BETTER = {"frechet_distance": False, "precision": True, "recall": True}
+# metric name -> True when higher is better; ``*_real``: the same metric for held-out real images
+# (the reference a synthetic set is compared with); ``auroc_tstr`` / ``auroc_trtr``: a probe
+# trained on synthetic / real features, tested on real ones (``medfm.tasks.synthesis``)
+HIGHER_IS_BETTER: dict[str, bool | None] = {
+    "frechet_distance": False, "frechet_distance_real": False,
+    "precision": True, "recall": True, "precision_real": True, "recall_real": True,
+    "auroc_tstr": True, "auroc_trtr": True,
+}
 
 
 def _check(a: np.ndarray, b: np.ndarray, min_n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from medfm.results import MetricValue
+
 # name -> True when higher is better, False when lower is better, None for descriptive values
 METRICS: dict[str, bool | None] = {
     "dice": True,
@@ -34,6 +36,9 @@ METRICS: dict[str, bool | None] = {
     "volume_diff_ml": None,
     "abs_volume_diff_ml": False,
 }
+# the module's direction table: the per-case metrics above plus the HC18 summaries built from
+# this module's ellipse measurement (mean absolute head-circumference error, Dice of the ellipse)
+HIGHER_IS_BETTER: dict[str, bool | None] = {**METRICS, "hc_mad_mm": False, "hc_abs_diff_mm": False, "dice_ellipse_fit": True}
 
 
 def _pair(pred: np.ndarray, gt: np.ndarray):  # -> tuple[torch.Tensor, torch.Tensor]
@@ -116,23 +121,20 @@ def label_metrics(
     return {int(lab): binary_metrics(pred == lab, gt == lab, spacing, tolerance_mm) for lab in labels}
 
 
-def summarize(
-    values: Sequence[float], n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
-) -> dict[str, float]:
-    """{mean, ci_low, ci_high, n, n_undefined} over cases: the mean of the finite values and its
-    percentile bootstrap CI over cases (``medfm.metrics.bootstrap``, seeded); NaN values
-    (undefined distances) are counted in ``n_undefined`` and left out of the mean."""
+def summarize(values: Sequence[float], n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> MetricValue:
+    """Mean over cases with its percentile bootstrap ``ci`` interval over cases
+    (``medfm.metrics.bootstrap``, seeded) as a ``MetricValue`` with ``n`` (cases) and
+    ``n_undefined``: NaN values (undefined distances) are counted there and left out of the mean.
+    No finite value: ``value`` NaN; too few resamples for an interval: ``ci_*`` None."""
     from medfm.metrics.bootstrap import bootstrap_ci
 
     vals = np.asarray([float(x) for x in values], dtype=float)
     finite = vals[np.isfinite(vals)]
     n_undef = int(vals.size - finite.size)
     if finite.size == 0:
-        return {"mean": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": int(vals.size), "n_undefined": n_undef}
-    ci = bootstrap_ci(lambda y, s: float(np.mean(y)), finite, finite, n_boot=n_boot, seed=seed, ci=1 - alpha)
-    lo = math.nan if ci.low is None else ci.low
-    hi = math.nan if ci.high is None else ci.high
-    return {"mean": float(finite.mean()), "ci_low": lo, "ci_high": hi, "n": int(vals.size), "n_undefined": n_undef}
+        return MetricValue(math.nan, None, None, n=int(vals.size), n_undefined=n_undef)
+    interval = bootstrap_ci(lambda y, s: float(np.mean(y)), finite, finite, n_boot=n_boot, seed=seed, ci=ci)
+    return MetricValue(float(finite.mean()), interval.low, interval.high, n=int(vals.size), n_undefined=n_undef)
 
 
 # -- ellipse measurement (HC18 head circumference) ---------------------------------------------

@@ -32,7 +32,14 @@ from medfm.errors import ConfigError, InputError
 _ARTICLES = {"a", "an", "the"}
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
-HIGHER_IS_BETTER = True
+# metric name -> True when higher is better: every text metric here, and the VQA and report
+# metrics the tasks build from them (``medfm.tasks.vqa.evaluate``, ``medfm.tasks.report_gen``)
+HIGHER_IS_BETTER: dict[str, bool | None] = dict.fromkeys((
+    "exact_match", "token_f1", "accuracy", "closed_accuracy", "open_accuracy", "open_token_f1", "open_bleu1",
+    "bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider", "meteor", "meteor_nltk",
+    "bertscore_precision", "bertscore_recall", "bertscore_f1",
+    "ce_precision", "ce_recall", "ce_f1", "ce_macro_f1",
+), True)
 
 
 def _check(preds: Sequence[str], refs: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from medfm.errors import ConfigError
 from medfm.models.card import ModelCard
@@ -24,6 +25,33 @@ from medfm.models.card import ModelCard
 if TYPE_CHECKING:
     import numpy as np
     import torch
+
+
+class Backend(Protocol):
+    """What a backend module (``medfm.models.adapters.timm_``, ``...generators.hf_causal``, ...)
+    gives the zoo, so that the zoo never branches on backend names.
+
+    ``FOLDER_FILE``: the file every weights folder of this backend holds (None: any weight file).
+    ``build``: an adapter from a weights folder or file (both None: the card's random init);
+    ``options`` are backend-specific (generators: dtype, device_map, quantization, base_url...).
+    ``save``: an adapter's weights into a folder ``build`` reads back. ``save_trained``: a bare
+    module from ``trainable_module()`` after fine-tuning (ConfigError where a module lacks its config).
+    """
+
+    FOLDER_FILE: str | None
+
+    def build(self, card: ModelCard, folder: Path | None, weights: Path | None, device: str,
+              **options: Any) -> ModelAdapter: ...
+
+    def save(self, adapter: ModelAdapter, folder: Path) -> None: ...
+
+    def save_trained(self, module: Any, card: ModelCard, folder: Path) -> None: ...
+
+
+def cannot_save(card: ModelCard, what: str = "a bare module") -> ConfigError:
+    """The error of a backend that cannot write ``what`` for ``card``."""
+    return ConfigError(f"save_model: cannot save {what} of {card.backend} model '{card.id}'; pass the adapter "
+                       "(a bare module lacks its config), or this backend has no weights to save")
 
 
 class ModelAdapter:
@@ -43,6 +71,15 @@ class ModelAdapter:
     logit_bias: float | None = None
     #: where the weights came from (a folder, a file, or "random-init")
     weights_source: str | None = None
+    #: the hub commit of the weights when known (pulled at, or the HF cache snapshot)
+    weights_revision: str | None = None
+    #: how many times the image encoder ran (segmenters count it so callers can check caching)
+    encoder_calls: int = 0
+    #: segmenters: predicted IoU (K,) and low-res logits (K, h, w) of the last ``predict``
+    iou_scores: np.ndarray | None = None
+    low_res_logits: np.ndarray | None = None
+    #: generators: whether ``generate`` takes images
+    accepts_images: bool = False
 
     def __init__(self, card: ModelCard, device: str = "cpu") -> None:
         self.card = card
@@ -78,15 +115,16 @@ class ModelAdapter:
             raise ConfigError(f"model '{self.card.id}' has no {capability} (capabilities: {have}); {for_what} needs one")
 
     # -- image encoder -----------------------------------------------------------------
-    def preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
+    def preprocess(self, images: list[np.ndarray], modality: str | None = None) -> torch.Tensor:
         """Arrays (C, H, W) or (H, W) in source intensities -> model-ready batch (N, C, H, W).
 
         Derived from ``card.preprocess`` (see ``medfm.models.transforms`` for the exact steps);
-        wrong channel counts and 3D volumes raise ``InputError``. Returned on the CPU.
+        wrong channel counts and 3D volumes raise ``InputError``. ``modality`` "CT" applies the
+        card's ``ct_window``. Returned on the CPU.
         """
         from medfm.models.transforms import prepare_batch
 
-        return prepare_batch(images, self.card.preprocess)
+        return prepare_batch(images, self.card.preprocess, modality=modality)
 
     def encode_image(self, batch: torch.Tensor) -> torch.Tensor:
         """Preprocessed batch (N, C, H, W) -> embeddings (N, D)."""
@@ -100,14 +138,26 @@ class ModelAdapter:
         raise NotImplementedError
 
     # -- promptable segmenter ----------------------------------------------------------
-    def set_image(self, image: np.ndarray) -> None:
-        """Compute and cache the image embedding for (H, W) or (C, H, W) ``image``."""
+    def set_image(self, image: np.ndarray, modality: str | None = None) -> None:
+        """Compute and cache the image embedding for (H, W) or (C, H, W) ``image``; ``modality``
+        ("CT", ...) lets the card's preprocessing window CT (HU) slices as the model expects."""
         self.require("segmenter", "set_image")
         raise NotImplementedError
 
     def predict(self, boxes: Any = None, points: Any = None, point_labels: Any = None) -> np.ndarray:
         """Masks (K, H, W) bool for K prompts on the image of the last ``set_image``."""
         self.require("segmenter", "predict")
+        raise NotImplementedError
+
+    def image_state(self) -> Any:
+        """What ``set_image`` cached (opaque); ``set_image_state`` makes it current again without
+        running the image encoder (the viewer keeps one per slice)."""
+        self.require("segmenter", "image_state")
+        raise NotImplementedError
+
+    def set_image_state(self, state: Any) -> None:
+        """Make a state from ``image_state`` the current image for ``predict``."""
+        self.require("segmenter", "set_image_state")
         raise NotImplementedError
 
     # -- generator ---------------------------------------------------------------------
@@ -119,3 +169,13 @@ class ModelAdapter:
     def trainable_module(self) -> torch.nn.Module:
         """The torch module whose parameters fine-tuning updates (image tower for encoders)."""
         raise NotImplementedError
+
+    # -- identity ----------------------------------------------------------------------
+    def modules_for_hash(self) -> list[torch.nn.Module]:
+        """Modules whose state dicts identify weights that have no file (random inits)."""
+        return []
+
+    def provenance(self) -> dict[str, Any]:
+        """What results made with this model record about it: id, weights hash, source, commit."""
+        return {"model": self.card.id, "weights_hash": self.weights_hash, "weights_source": self.weights_source,
+                "weights_revision": self.weights_revision}

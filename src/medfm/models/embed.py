@@ -6,7 +6,9 @@ model (``torch.inference_mode``, bf16 autocast where it pays), and returns float
 data key (a content checksum of the images) and the compute dtype, in chunks: each chunk is
 written atomically (temp file + rename) with its sha256 in the entry's index, so an
 interrupted run resumes at the first missing chunk and a truncated or corrupted chunk is
-detected and recomputed.
+detected and recomputed. ``embed_dataset(EmbedJob(...))`` is what ``medfm embed`` runs: every
+split of a dataset, in this process or on Ray actors (``medfm.models.embed_ray``) over the same
+chunks, arrays and a manifest written to the output folder.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import queue
 import shutil
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,3 +262,144 @@ def embed_cached(
     if not parts:
         return np.zeros((0, adapter.card.embed_dim or 0), dtype=np.float32)
     return np.concatenate(parts, axis=0)
+
+
+# --------------------------------------------------------------------------------------
+# Dataset level: what ``medfm embed`` runs (one call, local or on Ray)
+# --------------------------------------------------------------------------------------
+def split_images(split: Any, start: int = 0, stop: int | None = None) -> ImagesLike:
+    """Images ``start:stop`` of a dataset split: the split's stacked array when it has one
+    (MedMNIST), else the samples' (C, H, W) arrays read one by one (only those asked for)."""
+    stop = len(split) if stop is None else min(stop, len(split))
+    stacked = split.images()
+    if stacked is not None:
+        return stacked[start:stop]
+    return [split[i].image.array for i in range(start, stop)]
+
+
+@dataclass
+class EmbedJob:
+    """What to embed and how: a dataset's splits with one model; ``out`` gets ``<split>.npy``,
+    ``<split>_labels.npy`` and ``manifest.json`` (written last). ``executor`` "ray" spreads
+    shards of ``shard_size`` images over ``workers`` actors (see ``medfm.models.embed_ray``)."""
+
+    dataset: str
+    model: str
+    splits: list[str] = field(default_factory=list)  # empty = every split
+    data_dir: str | None = None
+    batch_size: int = 64
+    precision: str = "auto"
+    device: str | None = None
+    limit: int | None = None
+    out: Path | None = None
+    force: bool = False
+    use_cache: bool = True
+    cache_dir: Path | None = None
+    executor: str = "local"
+    address: str | None = None
+    workers: int | None = None
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    shard_size: int = 2048
+
+
+def embed_dataset(job: EmbedJob, log: Any = None) -> dict[str, Any]:
+    """Embed every split of ``job`` and return the manifest (also written to ``job.out``).
+
+    Local: the model runs in this process through :func:`embed_cached` (chunks of
+    ``shard_size``). Ray: the same chunks are computed by actors and written into the same cache
+    entry, so both paths give the same arrays and either resumes the other's partial work.
+    ``log(line)`` gets one line per split.
+    """
+    from medfm import __version__
+    from medfm._provenance import versions
+    from medfm._runtime import configure_threads
+    from medfm.data import load_dataset
+
+    check_precision(job.precision, "--precision")
+    if job.executor not in ("local", "ray"):
+        raise ConfigError(f"--executor must be local or ray, got {job.executor!r}")
+    if job.shard_size < 1:
+        raise ConfigError(f"shard size must be >= 1, got {job.shard_size}")
+    if job.executor == "ray":
+        from medfm._optional import optional_import
+
+        optional_import("ray")  # one line naming the extra, before any work or output folder
+    out_dir = _prepare_out(job)
+    ds = load_dataset(job.dataset, job.data_dir)
+    names = list(job.splits) or list(ds.splits)
+    cache = EmbeddingCache(job.cache_dir) if job.use_cache else None
+    if job.executor == "ray":
+        from medfm.models.embed_ray import RayEmbedder
+
+        engine: Any = RayEmbedder(job)
+    else:
+        configure_threads()
+        engine = _LocalEmbedder(job)
+    try:
+        manifest: dict[str, Any] = {
+            "medfm_version": __version__, "dataset": job.dataset, "model_arg": job.model, **engine.describe(),
+            "batch_size": job.batch_size, "limit": job.limit, "shard_size": job.shard_size,
+            "versions": versions(), "splits": {},
+        }
+        for name in names:
+            sd = ds.split(name)
+            n = len(sd) if job.limit is None else min(job.limit, len(sd))
+            key = sd.checksum() if job.limit is None else f"{sd.checksum()}:first{job.limit}"
+            t0 = time.perf_counter()
+            emb, stats = engine.embed_split(sd, name, n, key, cache)
+            sec = time.perf_counter() - t0
+            labels = np.asarray(sd.labels)[:n]
+            info: dict[str, Any] = {
+                "n": int(emb.shape[0]), "dim": int(emb.shape[1]) if emb.ndim == 2 else 0, "data_checksum": key,
+                "seconds": round(sec, 3), "images_per_s": round(emb.shape[0] / sec, 1) if sec > 0 else None,
+                "cache": None if stats is None else {"hit": stats.chunks_hit, "computed": stats.chunks_computed, "entry": stats.path},
+            }
+            if out_dir is not None:
+                for fname, arr in ((f"{name}.npy", emb), (f"{name}_labels.npy", labels)):
+                    with atomic_path(out_dir / fname) as tmp:
+                        with open(tmp, "wb") as f:
+                            np.save(f, arr)
+                info["file"], info["labels_file"] = f"{name}.npy", f"{name}_labels.npy"
+            manifest["splits"][name] = info
+            if log is not None:
+                log(f"{name}: {info['n']} x {info['dim']} in {sec:.1f}s")
+    finally:
+        engine.close()
+    if out_dir is not None:
+        atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2, default=str))
+        manifest["out"] = str(out_dir)
+    return manifest
+
+
+def _prepare_out(job: EmbedJob) -> Path | None:
+    from medfm._paths import prepare_out_dir
+
+    return prepare_out_dir(job.out, force=job.force) if job.out is not None else None
+
+
+class _LocalEmbedder:
+    """The model in this process; splits through :func:`embed_cached` (or uncached)."""
+
+    def __init__(self, job: EmbedJob) -> None:
+        from medfm.models import create_model
+
+        self.job = job
+        self.adapter = create_model(job.model, device=job.device, precision=job.precision)
+        self.adapter.require("image_encoder", "medfm embed")
+
+    def describe(self) -> dict[str, Any]:
+        a = self.adapter
+        return {"model": a.card.id, "weights_hash": a.weights_hash, "weights_source": a.weights_source,
+                "device": a.device, "dtype": compute_dtype(a), "executor": {"kind": "local", "nodes": 1, "workers": 1}}
+
+    def embed_split(self, split: Any, name: str, n: int, key: str, cache: EmbeddingCache | None) -> tuple[np.ndarray, CacheStats | None]:
+        images = split_images(split, 0, n)
+        kw = {"batch_size": self.job.batch_size, "desc": f"embed {name}"}
+        if cache is None:
+            return embed_arrays(self.adapter, images, **kw), None
+        emb = embed_cached(self.adapter, images, key, cache=cache, chunk_size=self.job.shard_size, **kw)
+        return emb, cache.last
+
+    def close(self) -> None:
+        pass

@@ -56,11 +56,46 @@ def _has_weights(folder: Path) -> bool:
     return any(p.name.endswith(_WEIGHT_SUFFIXES) for p in folder.iterdir() if p.is_file())
 
 
+def _marker(folder: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def cached_folder(card: ModelCard) -> Path | None:
-    """medfm's cache folder of ``card`` when it was pulled or imported and holds weights."""
+    """medfm's cache folder of ``card`` when it was pulled or imported and holds weights.
+
+    A card pinning a ``revision`` only accepts a pulled folder of that revision (its commit or
+    the revision name it was pulled at); imported folders carry no commit and are accepted."""
     d = model_dir(card.id)
-    if (d / MARKER).is_file() and _has_weights(d):
-        return d
+    if not ((d / MARKER).is_file() and _has_weights(d)):
+        return None
+    info = _marker(d)
+    if card.revision and info.get("how") == "pull" and card.revision not in (info.get("commit"), info.get("revision")):
+        return None
+    return d
+
+
+def folder_commit(folder: Path | None) -> str | None:
+    """The hub commit a local weights folder holds, when known: the commit ``pull`` recorded,
+    the ``revision`` of a saved medfm card, or the snapshot name of a Hugging Face cache folder."""
+    if folder is None or not folder.is_dir():
+        return None
+    commit = _marker(folder).get("commit")
+    if commit:
+        return str(commit)
+    if (folder / CARD_FILE).is_file():
+        try:
+            rev = json.loads((folder / CARD_FILE).read_text()).get("revision")
+        except (OSError, ValueError):
+            rev = None
+        if rev:
+            return str(rev)
+    name = folder.name
+    if folder.parent.name == "snapshots" and len(name) == 40 and all(c in "0123456789abcdef" for c in name):
+        return name
     return None
 
 
@@ -140,9 +175,19 @@ def _write_marker(folder: Path, card: ModelCard, how: str, origin: str, extra: d
     atomic_write_text(folder / MARKER, json.dumps(info, indent=2))
 
 
-def pull(card: ModelCard, token: str | None = None) -> Path:
+def resolve_revision(repo: str, revision: str | None, token: str | None) -> str:
+    """The commit sha that ``revision`` (a branch, tag or sha; None = default branch) names now."""
+    from huggingface_hub import HfApi
+
+    return str(HfApi().model_info(repo, revision=revision, token=token).sha)
+
+
+def pull(card: ModelCard, token: str | None = None, revision: str | None = None) -> Path:
     """Download the card's repo (and its ``extra_repos``) into medfm's cache; returns the folder.
 
+    ``revision`` (else ``card.revision``, else the default branch) is resolved to a commit
+    first and exactly that commit is downloaded; the commit is written to the folder's marker
+    and to its ``model_card.json`` (``revision``), so results made with it can name it.
     Fails fast (MissingWeightsError) when the hub is switched off or unreachable, and with a
     clear message when a gated repo refuses access.
     """
@@ -153,16 +198,31 @@ def pull(card: ModelCard, token: str | None = None) -> Path:
         raise missing_weights_error(card, "HF_HUB_OFFLINE is set, so nothing can be downloaded")
     if not endpoint_reachable():
         raise missing_weights_error(card, "the hub is not reachable from this machine")
+    token = token or _token()
+    wanted = revision or card.revision
+    target = model_dir(card.id)
+    part = target.with_name(target.name + ".partial")
+    commit, extras = _download(card, rid, wanted, token, part)
+    _write_marker(part, card, "pull", f"https://huggingface.co/{rid}",
+                  {"revision": wanted, "commit": commit, "extra_repo_commits": extras})
+    _write_local_card(part, card, commit)
+    if target.exists():
+        shutil.rmtree(target)  # our own cache entry, replaced by the fresh download
+    os.replace(part, target)
+    return target
+
+
+def _download(card: ModelCard, rid: str, revision: str | None, token: str | None, part: Path) -> tuple[str, dict[str, str]]:
+    """Resolve ``revision`` and download that commit into ``part``; (commit, {extra repo: commit})."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
-    token = token or _token()
-    target = model_dir(card.id)
-    part = target.with_name(target.name + ".partial")
     try:
-        snapshot_download(rid, revision=card.revision, local_dir=str(part), token=token)
+        commit = resolve_revision(rid, revision, token)
+        snapshot_download(rid, revision=commit, local_dir=str(part), token=token)
+        extras = {}
         for extra in card.extra_repos:  # read at load time from the HF cache (e.g. a tokenizer)
-            snapshot_download(extra, token=token)
+            extras[extra] = Path(snapshot_download(extra, token=token)).name
     except GatedRepoError as exc:
         raise MissingWeightsError(
             f"'{card.id}' is gated ({card.license}): accept its terms at https://huggingface.co/{rid} with your "
@@ -171,17 +231,26 @@ def pull(card: ModelCard, token: str | None = None) -> Path:
     except RepositoryNotFoundError as exc:
         raise MissingWeightsError(f"'{card.id}': hub repo {rid} not found or not accessible ({exc})") from exc
     except HfHubHTTPError as exc:
-        raise MissingWeightsError(f"'{card.id}': download from {rid} failed ({exc})") from exc
-    _write_marker(part, card, "pull", f"https://huggingface.co/{rid}")
-    if target.exists():
-        shutil.rmtree(target)  # our own cache entry, replaced by the fresh download
-    os.replace(part, target)
-    return target
+        raise MissingWeightsError(f"'{card.id}': download from {rid} (revision {revision or 'default'}) failed ({exc})") from exc
+    return commit, extras
+
+
+def _write_local_card(folder: Path, card: ModelCard, commit: str) -> None:
+    """The card as pulled, pinned to the downloaded commit (what ``medfm models show`` reports)."""
+    from dataclasses import replace
+
+    from medfm._paths import atomic_write_text
+    from medfm.models.card import card_to_dict
+
+    atomic_write_text(folder / CARD_FILE, json.dumps(card_to_dict(replace(card, revision=commit)), indent=2))
 
 
 def _validate_backend_folder(card: ModelCard, folder: Path) -> None:
+    """The folder holds the file its backend reads (``Backend.FOLDER_FILE``) and a weight file."""
+    from medfm.models.zoo import backend_module
+
     files = {p.name for p in folder.iterdir()}
-    need = {"hf": "config.json", "sam": "config.json", "open_clip": "open_clip_config.json"}.get(card.backend)
+    need = backend_module(card.backend).FOLDER_FILE
     if need and need not in files:
         raise InputError(f"{folder}: no {need}; a {card.backend} model folder for '{card.id}' needs one")
     if not _has_weights(folder):

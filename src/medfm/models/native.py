@@ -142,10 +142,12 @@ class NativeAdapter(ModelAdapter):
         self.module = module.to(device).eval()
         self.ndim = int(card.config.get("ndim", 2))
 
-    def preprocess(self, images: Any) -> torch.Tensor:
-        """uint8 -> /255, float -> per-image min-max to [0, 1]; resize; (x - mean) / std."""
+    def preprocess(self, images: Any, modality: str | None = None) -> torch.Tensor:
+        """Intensity by the card's rule (``medfm.models.transforms.to_unit``); resize; (x - mean) / std."""
         import torch
         import torch.nn.functional as F
+
+        from medfm.models.transforms import minmax, to_unit
 
         pre = self.card.preprocess
         size = int(self.card.config.get("image_size", pre.size[0]))
@@ -166,16 +168,11 @@ class NativeAdapter(ModelAdapter):
                     a = np.repeat(a, 3, axis=0)
                 else:
                     raise InputError(f"image {i}: {a.shape[0]} channels, model '{self.card.id}' takes {pre.channels}")
-            t = torch.from_numpy(np.ascontiguousarray(a)).float()
-            if a.dtype == np.uint8:
-                t = t / 255.0
-            else:
-                lo, hi = t.min(), t.max()
-                t = (t - lo) / (hi - lo) if hi > lo else torch.zeros_like(t)
+            t = to_unit(a, pre, modality)
             if tuple(t.shape[1:]) != (size,) * self.ndim:
                 mode = "bilinear" if self.ndim == 2 else "trilinear"
                 t = F.interpolate(t[None], size=(size,) * self.ndim, mode=mode, align_corners=False)[0]
-            out.append(t)
+            out.append(minmax(t) if pre.intensity == "minmax" else t)
         batch = torch.stack(out)
         shape = (1, -1) + (1,) * self.ndim
         mean = torch.tensor(pre.mean).view(shape)
@@ -193,7 +190,10 @@ class NativeAdapter(ModelAdapter):
         return [self.module]
 
 
-def build(card: ModelCard, folder: Path | None, weights: Path | None, device: str) -> NativeAdapter:
+FOLDER_FILE: str | None = "model.safetensors"
+
+
+def build(card: ModelCard, folder: Path | None, weights: Path | None, device: str, **options: Any) -> NativeAdapter:
     """Backend entry point of ``medfm.models.create_model`` for ``backend: native`` cards."""
     from safetensors.torch import load_file
 
@@ -213,6 +213,13 @@ def save(adapter: NativeAdapter, folder: Path) -> None:
     from medfm.models.adapters._common import save_module
 
     save_module(adapter.module, folder / "model.safetensors")
+
+
+def save_trained(module: torch.nn.Module, card: ModelCard, folder: Path) -> None:
+    """A fine-tuned native encoder (``trainable_module()``), as safetensors."""
+    from medfm.models.adapters._common import save_module
+
+    save_module(module, folder / "model.safetensors")
 
 
 def load_native_model(folder: str | Path, device: str = "cpu", precision: str = "auto") -> NativeAdapter:

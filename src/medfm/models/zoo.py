@@ -16,14 +16,14 @@ from __future__ import annotations
 import importlib
 import json
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from medfm._provenance import note_weights
 from medfm._registry import Registry, suggest
 from medfm._runtime import check_precision
 from medfm.errors import ConfigError, InputError, MissingWeightsError
-from medfm.models import hub
-from medfm.models.base import ModelAdapter
+from medfm.models import hub, packaged
+from medfm.models.base import Backend, ModelAdapter
 from medfm.models.card import ModelCard, card_from_dict, card_to_dict
 from medfm.models.cards import builtin_cards
 from medfm.models.generators import GENERATOR_BACKENDS
@@ -40,6 +40,7 @@ BACKENDS: dict[str, str] = {
     "sam": "medfm.models.adapters.sam",
     "monai": "medfm.models.adapters.monai_",
     "native": "medfm.models.native",
+    "pretrained": "medfm.models.adapters.pretrained_pkg",
     **GENERATOR_BACKENDS,
 }
 
@@ -74,9 +75,10 @@ def get_model_card(model_id: str) -> ModelCard:
     raise ConfigError(f"unknown model '{model_id}'.{suggest(model_id, names)} See `medfm models list`.")
 
 
-def backend_module(name: str) -> ModuleType:
+def backend_module(name: str) -> Backend:
+    """The module implementing ``Backend`` for backend ``name``."""
     try:
-        return importlib.import_module(BACKENDS[name])
+        return importlib.import_module(BACKENDS[name])  # type: ignore[return-value]
     except KeyError:
         raise ConfigError(f"unknown model backend {name!r}; one of {sorted(BACKENDS)}") from None
 
@@ -97,28 +99,47 @@ def read_card_file(folder: Path) -> ModelCard:
 
 def weights_available(card: ModelCard) -> str:
     """'random-init' | 'local' | 'missing': whether ``create_model`` can run without a download."""
-    if hub.locate(card) is not None:
+    if packaged.package_installed(card) or hub.locate(card) is not None:
         return "local"
     return "random-init" if card.source is None else "missing"
 
 
 def create_model(
-    id_or_path: str,
+    id_or_path: str | Path | ModelCard,
     device: str | None = None,
     precision: str = "auto",
     weights: str | Path | None = None,
+    fetch: bool = True,
+    **options: Any,
 ) -> ModelAdapter:
-    """Build a model adapter from a registered id or a saved medfm model folder.
+    """Build a model adapter (encoder, segmenter or generator) from a registered id, a card or
+    a saved medfm model folder: the one factory of medfm.
 
     ``device``: "cpu", "cuda", "cuda:1" (default: CUDA when present). ``precision``: "auto"
     (bf16 autocast on CUDA and on CPUs with fast bf16), "bf16" or "fp32". ``weights``: a
     folder or file overriding where the weights come from. Cards without a source (test/,
     random/) build a seeded random init. Missing weights raise MissingWeightsError quickly
-    (no network retries) naming `medfm models pull` / `medfm models import`.
+    (no network retries) naming `medfm models pull` / `medfm models import`; ``fetch=False``
+    never downloads. ``options`` go to generator backends (dtype, device_map, quantization,
+    base_url, ...). The adapter knows its weights' hash, source and hub commit.
     """
+    check_precision(precision)
+    device = _check_device(device)
+    card, folder, wfile = _resolve(id_or_path, weights, fetch)
+    if options and "generator" not in card.capabilities:
+        raise ConfigError(f"model '{card.id}' takes no options (got {sorted(options)}); only generators do")
+    adapter = backend_module(card.backend).build(card, folder, wfile, device, **options)
+    adapter.precision = precision
+    adapter.weights_source = adapter.weights_source or str(folder or wfile or "random-init")
+    adapter.weights_hash = adapter.weights_hash or _weights_hash(adapter, folder, wfile)
+    adapter.weights_revision = hub.folder_commit(folder)
+    note_weights(adapter.weights_hash, weights_source=adapter.weights_source, weights_revision=adapter.weights_revision)
+    return adapter
+
+
+def _check_device(device: str | None) -> str:
     from medfm._runtime import default_device
 
-    check_precision(precision)
     device = device or default_device()
     if device.startswith("cuda"):
         import torch
@@ -127,31 +148,34 @@ def create_model(
             raise ConfigError(f"device {device!r} asked for, but no CUDA device is available here; use --device cpu")
     elif device != "cpu" and not device.startswith(("mps", "xpu")):
         raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
-    folder: Path | None = None
-    wfile: Path | None = None
-    path = Path(str(id_or_path)).expanduser()
-    if path.is_dir():
-        card = read_card_file(path)
-        folder = path
+    return device
+
+
+def _resolve(
+    id_or_path: str | Path | ModelCard, weights: str | Path | None, fetch: bool
+) -> tuple[ModelCard, Path | None, Path | None]:
+    """(card, weights folder, weights file) for an id, a card or a saved model folder."""
+    if isinstance(id_or_path, ModelCard):
+        card = id_or_path
     else:
+        path = Path(str(id_or_path)).expanduser()
+        if path.is_dir():
+            return read_card_file(path), path, None
         if str(id_or_path).endswith(".json") or (path.suffix and path.exists()):
             raise InputError(f"{path}: give the model folder (with {hub.CARD_FILE}), not a file")
         card = get_model_card(str(id_or_path))
-        if weights is not None:
-            w = Path(weights).expanduser()
-            if not w.exists():
-                raise MissingWeightsError(f"{w}: weights not found")
-            folder, wfile = (w, None) if w.is_dir() else (None, w)
-        else:
-            folder = hub.locate(card)
-            if folder is None and card.source is not None:
-                folder = _fetch(card)
-    backend = backend_module(card.backend)
-    adapter = backend.build(card, folder, wfile, device)
-    adapter.precision = precision
-    adapter.weights_source = str(folder or wfile or "random-init")
-    adapter.weights_hash = _weights_hash(adapter, folder, wfile)
-    return adapter
+    if weights is not None:
+        w = Path(weights).expanduser()
+        if not w.exists():
+            raise MissingWeightsError(f"{w}: weights not found")
+        return (card, w, None) if w.is_dir() else (card, None, w)
+    if packaged.package_spec(card) is not None:  # weights from a pip package (medfm[pretrained]), else the hub
+        folder, wfile = packaged.resolve(card, hub.locate, _fetch if fetch else None)
+        return card, folder, wfile
+    folder = hub.locate(card)
+    if folder is None and card.source is not None and fetch:
+        folder = _fetch(card)
+    return card, folder, None
 
 
 def _fetch(card: ModelCard) -> Path:
@@ -175,7 +199,7 @@ def _weights_hash(adapter: ModelAdapter, folder: Path | None, wfile: Path | None
     import hashlib
 
     h = hashlib.sha256()
-    for m in adapter.modules_for_hash():  # type: ignore[attr-defined]
+    for m in adapter.modules_for_hash():
         h.update(state_dict_hash(m).encode())
     return h.hexdigest()
 
@@ -194,19 +218,6 @@ def save_model(adapter_or_module: ModelAdapter | torch.nn.Module, card: ModelCar
     if isinstance(adapter_or_module, ModelAdapter):
         backend.save(adapter_or_module, folder)
     else:
-        _save_module(adapter_or_module, card, folder)
+        backend.save_trained(adapter_or_module, card, folder)
     atomic_write_text(folder / hub.CARD_FILE, json.dumps(card_to_dict(card), indent=2))
     return folder
-
-
-def _save_module(module: Any, card: ModelCard, folder: Path) -> None:
-    from medfm.models.adapters._common import save_module
-
-    if card.backend in ("timm", "monai"):
-        save_module(module, folder / "model.safetensors")
-        return
-    pretrained = module if hasattr(module, "save_pretrained") else getattr(module, "model", None)
-    if card.backend in ("hf", "sam") and hasattr(pretrained, "save_pretrained"):
-        pretrained.save_pretrained(str(folder))
-        return
-    raise ConfigError(f"save_model: pass the adapter for {card.backend} model '{card.id}' (a bare module lacks its config)")

@@ -2,7 +2,8 @@
 
 Sections: summary, leaderboard per dataset (best first, with CIs), label-efficiency curve,
 ROC curves, reliability diagram, dataset card, notes, provenance, then any extra HTML
-sections other report modules hand in (e.g. survival curves).
+sections other report modules hand in (e.g. survival curves). The summary states the results'
+completeness; an incomplete (or unknown) one also gets a warning banner above everything else.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from medfm import __version__
 from medfm._paths import atomic_write_text
 from medfm.report import plots, tables
-from medfm.results import Record, read_results
+from medfm.results import Completeness, Record, completeness_text, load_results
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -26,6 +27,7 @@ th,td{border:1px solid #ddd;padding:.3em .6em;text-align:left}th{background:#f4f
 table.board td:nth-child(5){font-weight:600}
 img{max-width:100%;border:1px solid #eee}pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.8em}
 .note{color:#555}.small{font-size:.85em;color:#666}
+.warn{background:#fff3cd;border:2px solid #d39e00;padding:.6em 1em;font-weight:600}
 """
 
 
@@ -94,23 +96,40 @@ def _provenance(spec: dict[str, Any], records: Sequence[Record]) -> str:
 def load_records(results: str | Path | tuple[dict[str, Any], Sequence[Record]]) -> tuple[dict[str, Any], list[Record]]:
     """A results.json path or (spec dict, records) -> (spec dict, records)."""
     if isinstance(results, (str, Path)):
-        return read_results(results)
+        res = load_results(results)
+        return res.spec, res.records
     spec, records = results
     return dict(spec or {}), list(records)
 
 
+def completeness_banner(completeness: Completeness | None, warnings: Sequence[str] = ()) -> str:
+    """The warnings shown above everything else: an incomplete or unknown completeness, and
+    ``warnings`` (records changed by hand, cache entries that failed their checks); "" when none."""
+    items = []
+    if completeness is None or not completeness.complete:
+        text = completeness_text(completeness)
+        if completeness is not None:
+            text += ". The leaderboard ranks only the results present; missing cells may change it."
+        items.append(f"<p class='warn' id='completeness-warning'>Warning: {_esc(text)}</p>")
+    items += [f"<p class='warn'>Warning: {_esc(w)}</p>" for w in warnings]
+    return "\n".join(items)
+
+
 def render_report(
     spec: dict[str, Any], records: Sequence[Record], extra_sections: Sequence[str] = (),
-    notes: Sequence[str] = (), title: str = "medfm benchmark report",
+    notes: Sequence[str] = (), title: str = "medfm benchmark report", completeness: Completeness | None = None,
+    warnings: Sequence[str] = (),
 ) -> str:
-    """The report's HTML text (see the module docstring for its sections)."""
+    """The report's HTML text (see the module docstring for its sections); ``completeness`` None
+    means unknown (a results file from before medfm recorded it) and is said so."""
     board = tables.leaderboard(records)
     metric = tables.primary_metric(records) or ""
     datasets = sorted({r.dataset for r in records})
     summary = _kv_table([
         ("datasets", ", ".join(datasets)), ("models", ", ".join(sorted({r.model for r in records}))),
         ("protocols", ", ".join(sorted({r.protocol for r in records}))),
-        ("records", len(records)), ("ranked by", f"{metric} on the test split"),
+        ("records", len(records)), ("completeness", completeness_text(completeness)),
+        ("ranked by", f"{metric} on the test split"),
         ("protocol time (sum over cells)", f"{sum(r.seconds for r in records):.1f} s"),
         ("embedding / input time (sum)", f"{sum(float(r.extra.get('input_seconds') or 0) for r in records):.1f} s"),
     ])
@@ -151,7 +170,7 @@ def render_report(
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>\n"
-        f"<h1>{_esc(title)}</h1>\n" + "\n".join(parts) + "\n</body></html>\n"
+        f"<h1>{_esc(title)}</h1>\n" + completeness_banner(completeness, warnings) + "\n".join(parts) + "\n</body></html>\n"
     )
 
 
@@ -161,15 +180,24 @@ def build_report(
     extra_sections: Sequence[str] = (),
     notes: Sequence[str] = (),
     title: str = "medfm benchmark report",
+    completeness: Completeness | None = None,
+    warnings: Sequence[str] = (),
 ) -> Path:
     """Write the report for ``results`` (a results.json path or (spec, records)) to ``out_html``.
 
     ``extra_sections``: HTML fragments (e.g. ``<section>...</section>``) appended before
-    the provenance section. The file is self-contained and written atomically.
+    the provenance section. ``completeness`` and ``warnings`` (shown first): read from the file
+    for a path (its changed records), else as given (completeness None: unknown). The file is
+    self-contained and written atomically.
     """
-    spec, records = load_records(results)
+    if isinstance(results, (str, Path)):
+        res = load_results(results)
+        spec, records, completeness = res.spec, res.records, res.completeness
+        warnings = [*res.problems, *warnings]
+    else:
+        spec, records = load_records(results)
     out_html = Path(out_html)
-    atomic_write_text(out_html, render_report(spec, records, extra_sections, notes, title))
+    atomic_write_text(out_html, render_report(spec, records, extra_sections, notes, title, completeness, warnings))
     return out_html
 
 

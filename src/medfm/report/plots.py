@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from medfm.report.tables import higher_is_better
+from medfm.metrics import higher_is_better
 from medfm.results import Record
 
 

@@ -13,35 +13,34 @@ import io
 import math
 from collections.abc import Sequence
 
-from medfm.results import MetricValue, Record
+from medfm.metrics import higher_is_better
+from medfm.results import MetricValue, Record, format_ci, format_metric
 
-# (metric key, column title, higher is better)
-COLUMNS: tuple[tuple[str, str, bool], ...] = (
-    ("c_harrell", "Harrell C", True),
-    ("c_uno", "Uno C", True),
-    ("td_auc_mean", "mean td-AUC", True),
-    ("ibs", "IBS", False),
-    ("calibration_error@q50", "calib. error @median", False),
+# (metric key, column title); which way is better comes from medfm.metrics
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("c_harrell", "Harrell C"),
+    ("c_uno", "Uno C"),
+    ("td_auc_mean", "mean td-AUC"),
+    ("ibs", "IBS"),
+    ("calibration_error@q50", "calib. error @median"),
 )
 
 
 def _fmt(v: MetricValue | None) -> str:
     if v is None or v.value is None or (isinstance(v.value, float) and math.isnan(v.value)):
         return "&ndash;"
-    s = f"{v.value:.3f}"
-    if v.ci_low is not None and v.ci_high is not None:
-        s += f" <span class='ci'>[{v.ci_low:.3f}, {v.ci_high:.3f}]</span>"
-    return s
+    ci = format_ci(v.ci_low, v.ci_high, 3)
+    return format_metric(v.value, digits=3) + (f" <span class='ci'>{ci}</span>" if ci else "")
 
 
 def metric_table(records: Sequence[Record]) -> str:
     """HTML table: one row per model, the best value per column in bold."""
     best: dict[str, float] = {}
-    for key, _, higher in COLUMNS:
+    for key, _ in COLUMNS:
         vals = [r.metrics[key].value for r in records if key in r.metrics and math.isfinite(r.metrics[key].value)]
         if vals:
-            best[key] = max(vals) if higher else min(vals)
-    head = "".join(f"<th>{html.escape(title)}</th>" for _, title, _ in COLUMNS)
+            best[key] = max(vals) if higher_is_better(key) else min(vals)
+    head = "".join(f"<th>{html.escape(title)}</th>" for _, title in COLUMNS)
     rows = []
     for r in records:
         if r.extra.get("error"):
@@ -51,7 +50,7 @@ def metric_table(records: Sequence[Record]) -> str:
             )
             continue
         cells = []
-        for key, _, _ in COLUMNS:
+        for key, _ in COLUMNS:
             v = r.metrics.get(key)
             text = _fmt(v)
             if v is not None and key in best and math.isfinite(v.value) and v.value == best[key]:
@@ -68,7 +67,7 @@ def hazard_ratio_table(rows: Sequence[dict]) -> str:
     """HTML table of full-cohort Cox hazard ratios per SD (from ``extra['hazard_ratios']``)."""
     body = "".join(
         f"<tr><td>{html.escape(str(r['covariate']))}</td><td>{r['hr']:.2f}</td>"
-        f"<td>[{r['hr_low']:.2f}, {r['hr_high']:.2f}]</td><td>{r['p']:.2g}</td></tr>"
+        f"<td>{format_ci(r['hr_low'], r['hr_high'], 2)}</td><td>{r['p']:.2g}</td></tr>"
         for r in rows
     )
     return (

@@ -13,33 +13,24 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from medfm.results import Record
+from medfm.metrics import DIRECTIONS, base_name, higher_is_better, is_ranked
+from medfm.results import Record, format_ci, format_metric
 
-PREFERRED_METRICS = ("auroc", "auc", "balanced_accuracy", "accuracy", "f1_macro", "f1")
-_LOWER_IS_BETTER_HINTS = ("ece", "brier", "loss", "error", "nll", "mae", "mse")
-
-
-def higher_is_better(metric: str) -> bool:
-    """Direction of ``metric``: from the metrics module when it declares it, else by name."""
-    try:
-        from medfm.metrics.classification import HIGHER_IS_BETTER
-
-        if metric in HIGHER_IS_BETTER:
-            return bool(HIGHER_IS_BETTER[metric])
-    except ImportError:
-        pass
-    return not any(h in metric.lower() for h in _LOWER_IS_BETTER_HINTS)
+PREFERRED_METRICS = ("auroc", "balanced_accuracy", "accuracy", "f1", "c_harrell", "dice")
 
 
 def primary_metric(records: Sequence[Record]) -> str | None:
-    """The metric leaderboards rank by: AUROC when present, else the first preferred one."""
+    """The metric leaderboards rank by: the first preferred one present (AUROC first), else the
+    first with a declared direction; else the first undeclared one (ranking by it raises, as no
+    direction is guessed); None when every metric is descriptive (nothing to rank by)."""
     names: dict[str, None] = {}
     for r in records:
         names.update(dict.fromkeys(r.metrics))
     for m in PREFERRED_METRICS:
         if m in names:
             return m
-    return next(iter(names), None)
+    ranked = next((m for m in names if is_ranked(m)), None)
+    return ranked or next((m for m in names if base_name(m) not in DIRECTIONS), None)
 
 
 def shots_label(shots: int | None) -> str:
@@ -72,9 +63,7 @@ class LeaderRow:
             return "n/a"
         if self.n_seeds > 1 and self.sd is not None:
             return f"{self.value:.{digits}f} ± {self.sd:.{digits}f} ({self.n_seeds} seeds)"
-        if self.ci_low is not None and self.ci_high is not None:
-            return f"{self.value:.{digits}f} [{self.ci_low:.{digits - 1}f}, {self.ci_high:.{digits - 1}f}]"
-        return f"{self.value:.{digits}f}"
+        return format_metric(self.value, self.ci_low, self.ci_high, digits, digits - 1)
 
 
 def _mean(xs: Iterable[float | None]) -> float | None:
@@ -115,7 +104,7 @@ def leaderboard(records: Sequence[Record], metric: str | None = None) -> dict[st
             trained=any(bool(r.extra.get("trained")) for r in recs),
             seconds=sum(r.seconds for r in recs), others=others,
         ))
-    sign = -1.0 if metric is None or higher_is_better(metric) else 1.0
+    sign = -1.0 if metric is None or higher_is_better(metric) else 1.0  # ConfigError for an unknown metric
     for ds in out:
         out[ds].sort(key=lambda row: (
             not math.isfinite(row.value), sign * row.value if math.isfinite(row.value) else 0.0,
@@ -135,9 +124,7 @@ def spread_text(row: LeaderRow, digits: int = 2) -> str:
     """``[0.80, 0.93]`` (bootstrap 95% CI, one seed) or ``± 0.05`` (sd over seeds)."""
     if row.n_seeds > 1 and row.sd is not None:
         return f"± {row.sd:.{digits}f}"
-    if row.ci_low is not None and row.ci_high is not None:
-        return f"[{row.ci_low:.{digits}f}, {row.ci_high:.{digits}f}]"
-    return ""
+    return format_ci(row.ci_low, row.ci_high, digits)
 
 
 def rich_tables(board: dict[str, list[LeaderRow]], max_others: int = 2) -> list:

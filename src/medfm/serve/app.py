@@ -28,6 +28,21 @@ from medfm.serve.service import SegmentationService
 from medfm.serve.viewer import VIEWER_HTML
 
 
+def _add_error_handlers(app: Any, responses: Any) -> None:
+    """Bad input (a MedfmError or a request that fails validation) answers 400 with one line."""
+
+    @app.exception_handler(MedfmError)
+    async def medfm_error(request: Any, exc: MedfmError) -> Any:
+        return responses.JSONResponse({"detail": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}, status_code=400)
+
+    @app.exception_handler(optional_import("fastapi.exceptions").RequestValidationError)
+    async def bad_request(request: Any, exc: Any) -> Any:
+        errs = exc.errors()
+        first = errs[0] if errs else {}
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or "request"
+        return responses.JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid request')}"}, status_code=400)
+
+
 def create_app(service: SegmentationService) -> Any:
     """A FastAPI app serving ``service`` (run it with uvicorn, or ``medfm serve``)."""
     fastapi = optional_import("fastapi")
@@ -48,16 +63,7 @@ def create_app(service: SegmentationService) -> Any:
     def not_found(image_id: str) -> Any:
         return fastapi.HTTPException(404, f"no image {image_id!r} here (never uploaded, or dropped to make room: upload it again)")
 
-    @app.exception_handler(MedfmError)
-    async def medfm_error(request: Any, exc: MedfmError) -> Any:
-        return responses.JSONResponse({"detail": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}, status_code=400)
-
-    @app.exception_handler(optional_import("fastapi.exceptions").RequestValidationError)
-    async def bad_request(request: Any, exc: Any) -> Any:
-        errs = exc.errors()
-        first = errs[0] if errs else {}
-        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or "request"
-        return responses.JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid request')}"}, status_code=400)
+    _add_error_handlers(app, responses)
 
     @app.get("/", response_class=responses.HTMLResponse)
     def viewer() -> str:

@@ -26,6 +26,8 @@ import numpy as np
 
 from medfm.errors import InputError
 from medfm.io import Image, read_image
+from medfm.io.window import display_uint8, percentile_range, window_range
+from medfm.models.base import ModelAdapter
 from medfm.tasks.segmentation.promptable import check_box, check_points
 
 
@@ -40,6 +42,7 @@ class Session:
     spacing: tuple[float, float] | None  # mm per pixel (y, x); None when the file holds none (PNG)
     window: tuple[float, float] | None  # (low, high) mapped to 0..255 for display; None: uint8 as is
     slice_mm: float | None = None  # mm between slices of a volume with known spacing
+    modality: str | None = None  # "CT", "MR", ... when the file says (CT slices are HU: models window them)
 
     @property
     def depth(self) -> int:
@@ -78,9 +81,8 @@ def display_window(image: Image, volume: np.ndarray) -> tuple[float, float] | No
     if volume.dtype == np.uint8 and window is None:
         return None
     if window is not None:
-        center, width = float(window[0]), float(window[1])
-        return center - width / 2.0, center + width / 2.0
-    lo, hi = (float(v) for v in np.percentile(volume, [1, 99])) if volume.size else (0.0, 1.0)
+        return window_range(float(window[0]), float(window[1]))
+    lo, hi = percentile_range(volume)
     return lo, (hi if hi > lo else lo + 1.0)
 
 
@@ -94,8 +96,7 @@ def display_png(array: np.ndarray, window: tuple[float, float] | None) -> bytes:
     if window is None:
         out = arr.astype(np.uint8)
     else:
-        lo, hi = window
-        out = np.round(np.clip((arr.astype(np.float32) - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+        out = display_uint8(arr, *window)
     pil = PILImage.fromarray(np.ascontiguousarray(out[0] if out.shape[0] == 1 else np.moveaxis(out, 0, -1)))
     buf = io.BytesIO()
     pil.save(buf, format="PNG")
@@ -139,7 +140,7 @@ class SegmentationService:
     """
 
     def __init__(
-        self, model: Any, max_images: int = 16, max_bytes: int = 512 * 2**20, max_embeddings: int = 64
+        self, model: ModelAdapter, max_images: int = 16, max_bytes: int = 512 * 2**20, max_embeddings: int = 64
     ) -> None:
         model.require("segmenter", "the segmentation service")
         if max_images < 1 or max_embeddings < 1:
@@ -152,7 +153,7 @@ class SegmentationService:
         self._states: OrderedDict[tuple[str, int], Any] = OrderedDict()  # (image id, slice) -> embedding
         self._lock = threading.Lock()  # one model: prompts and embeddings run one at a time
         self._current: tuple[str, int] | None = None  # the slice whose embedding the model holds now
-        self._calls_seen = getattr(model, "encoder_calls", None)  # the model's encoder runs as last seen
+        self._calls_seen = model.encoder_calls  # the model's encoder runs as last seen
 
     @property
     def model_id(self) -> str:
@@ -177,7 +178,7 @@ class SegmentationService:
         if image.meta.get("spacing_known", True) is not False:
             spacing = (float(image.spacing[-2]), float(image.spacing[-1]))
             slice_mm = float(image.spacing[0]) if len(image.spacing) == 3 else None
-        session = Session(key, name, volume, spacing, display_window(image, volume), slice_mm)
+        session = Session(key, name, volume, spacing, display_window(image, volume), slice_mm, image.modality)
         with self._lock:
             self._embed(session, session.check_slice(None))  # first: an image the model refuses is not kept
             self._sessions[key] = session
@@ -210,21 +211,19 @@ class SegmentationService:
         """Make slice ``z`` of ``session`` the model's current image (the encoder runs only when its
         embedding is not kept). Call with the lock held."""
         key = (session.id, z)
-        if getattr(self.model, "encoder_calls", None) != self._calls_seen:
+        if self.model.encoder_calls != self._calls_seen:
             self._current = None  # the model embedded an image behind the service's back
         if self._current == key:
             return
-        restore = getattr(self.model, "set_image_state", None)
-        if key in self._states and restore is not None:
-            restore(self._states[key])
+        if key in self._states:
+            self.model.set_image_state(self._states[key])
             self._states.move_to_end(key)
         else:
-            self.model.set_image(session.slice_array(z))
-            self._calls_seen = getattr(self.model, "encoder_calls", None)
-            if hasattr(self.model, "image_state"):
-                self._states[key] = self.model.image_state()
-                while len(self._states) > self.max_embeddings:
-                    self._states.popitem(last=False)
+            self.model.set_image(session.slice_array(z), modality=session.modality)
+            self._calls_seen = self.model.encoder_calls
+            self._states[key] = self.model.image_state()
+            while len(self._states) > self.max_embeddings:
+                self._states.popitem(last=False)
         self._current = key
 
     def session(self, image_id: str) -> Session:
@@ -275,7 +274,7 @@ class SegmentationService:
                 )
             )[0].astype(bool)
             seconds = time.perf_counter() - t0
-            scores = getattr(self.model, "iou_scores", None)
+            scores = self.model.iou_scores
             if (image_id, z) in self._states:  # keep what the first prompt derived from the embedding
                 self._states[(image_id, z)] = self.model.image_state()
         area = int(mask.sum())

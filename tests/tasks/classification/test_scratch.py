@@ -123,3 +123,26 @@ def test_extras_serialise_and_are_checked() -> None:
         ScratchConfig(ema_decay=1.0)
     with pytest.raises(ConfigError, match="label_smoothing"):
         ScratchConfig(label_smoothing=1.0)
+
+
+def test_non_finite_loss_stops_training_with_the_step_named() -> None:
+    """A loss that turns NaN (e.g. bf16 overflow) is an error, never a silently untrained model."""
+    import torch
+
+    from medfm.errors import TrainingDivergedError
+    from medfm.tasks.classification._train import fit
+
+    net = torch.nn.Linear(4, 2)
+    calls = {"n": 0}
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        out = net(x)
+        return out * float("nan") if calls["n"] >= 3 else out
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 4)).astype(np.float32), np.arange(16) % 2
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with pytest.raises(TrainingDivergedError, match=r"epoch 1, batch 3"):
+        fit(net, forward, torch.as_tensor, (x, y), (x, y), "binary", opt, lambda e: 1.0, epochs=2,
+            batch_size=4, seed=0, device="cpu", amp_dtype=None)

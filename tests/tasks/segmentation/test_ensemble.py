@@ -106,7 +106,7 @@ def test_build_copies_members_selects_on_val_and_reloads(tmp_path) -> None:
     assert {p: p.read_bytes() for p in before} == before  # the members given are untouched
     out = tmp_path / "ens"
     assert (out / "members/0/refine/model.safetensors").is_file() and (out / "members/1/model.safetensors").is_file()
-    assert not list(out.rglob("train_state.pt")) and not list(out.rglob("last.safetensors"))
+    assert not list(out.rglob("checkpoint.pt"))  # the training state stays with the member runs
     card = json.loads((out / "model_card.json").read_text())["config"]
     assert [m["dir"] for m in card["ensemble"]["members"]] == ["members/0", "members/1"]
     sel = card["segmentation"]["extra"]["inference_selection"]

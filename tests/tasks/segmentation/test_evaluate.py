@@ -45,9 +45,9 @@ def test_rows_equal_monai_on_same_arrays() -> None:
             assert r["hd95_mm"] == pytest.approx(float(hd[k]), abs=1e-5)
             assert r["nsd"] == pytest.approx(float(nsd[k]), abs=1e-6)
     mean_dice = np.mean([(r1["dice"] + r2["dice"]) / 2 for r1, r2 in zip(res.rows[0::2], res.rows[1::2])])
-    assert res.summary["mean"]["dice"]["mean"] == pytest.approx(mean_dice)
+    assert res.summary["mean"]["dice"].value == pytest.approx(mean_dice)
     s = res.summary["label 1"]["dice"]
-    assert s["ci_low"] <= s["mean"] <= s["ci_high"] and s["n"] == 3
+    assert s.ci_low <= s.value <= s.ci_high and s.n == 3
 
 
 def test_empty_cases_are_counted(tmp_path: Path) -> None:
@@ -61,9 +61,9 @@ def test_empty_cases_are_counted(tmp_path: Path) -> None:
     ]
     res = evaluate_pairs(pairs, labels=[1], n_boot=100)
     d = res.summary["label 1"]["dice"]
-    assert d["n"] == 3 and d["mean"] == pytest.approx((1 + 0 + 1) / 3)
+    assert d.n == 3 and d.value == pytest.approx((1 + 0 + 1) / 3)
     hd = res.summary["label 1"]["hd95_mm"]
-    assert hd["n_undefined"] == 1 and hd["mean"] == 0.0
+    assert hd.n_undefined == 1 and hd.value == 0.0
     csv = write_case_csv(res.rows, tmp_path / "cases.csv").read_text().splitlines()
     assert len(csv) == 4 and csv[0].startswith("case,label,dice")
     rec = to_records(res, "toy", "test", "m", "seg-eval", {"x": 1})[0]

@@ -29,10 +29,12 @@ class ThresholdSegmenter:
         self.image: np.ndarray | None = None
         self.boxes: list[np.ndarray] = []
         self.set_calls = 0
+        self.modalities: list[str | None] = []
 
-    def set_image(self, image: np.ndarray) -> None:
+    def set_image(self, image: np.ndarray, modality: str | None = None) -> None:
         self.image = np.asarray(image)
         self.set_calls += 1
+        self.modalities.append(modality)
 
     def predict(self, boxes=None, points=None, point_labels=None) -> np.ndarray:
         assert self.image is not None
@@ -152,3 +154,17 @@ def test_evaluate_prompted_refuses_mask_off_the_image_grid() -> None:
         evaluate_prompted(ThresholdSegmenter(), [s], [1], PromptEvalConfig(mode="box"))
     with pytest.raises(ConfigError, match="prompt mode"):
         evaluate_prompted(ThresholdSegmenter(), [s], [1], PromptEvalConfig(mode="lasso"))
+
+
+@pytest.mark.parametrize("mode", ["box", "propagate"])
+def test_image_modality_reaches_set_image(mode: str) -> None:
+    """A CT case is embedded with modality "CT" (MedSAM's card windows CT before min-max)."""
+    vol = _sphere_volume()
+    mask = Image((vol > 0.5).astype(np.uint8), spacing=(1.0, 1.0, 1.0))
+    sample = Sample(id="ct1", image=Image(vol, spacing=(1.0, 1.0, 1.0), modality="CT"), mask=mask)
+    seg = ThresholdSegmenter()
+    evaluate_prompted(seg, [sample], labels=[1], config=PromptEvalConfig(mode=mode, max_shift=0))
+    assert seg.modalities and set(seg.modalities) == {"CT"}
+    seg2 = ThresholdSegmenter()
+    propagate_3d(seg2, sample.image, 5, box=(14, 10, 34, 30))
+    assert set(seg2.modalities) == {"CT"}

@@ -48,7 +48,7 @@ def test_train_3d_checkpoint_resume_and_predict(tmp_path) -> None:
                          samples_per_image=1, max_steps=2, epochs=5, precision="fp32")
     res = train_segmentation(data[:3], data[3:], cfg, tmp_path)
     assert res.steps == 2 and res.best_val_dice is not None
-    for name in ("model.safetensors", "last.safetensors", "train_state.pt", "model_card.json", "history.json"):
+    for name in ("model.safetensors", "checkpoint.pt", "model_card.json", "history.json"):
         assert (tmp_path / name).is_file()
     card = json.loads((tmp_path / "model_card.json").read_text())
     assert card["capabilities"] == ["segmenter"] and card["arch"] == "unet3d"
@@ -194,3 +194,140 @@ def test_select_inference_needs_a_val_gain() -> None:
     assert choice["postprocess"] == "largest_cc_fill" and choice["tta_flips"] == []  # flips gain nothing here
     assert choice["val_dice"] == pytest.approx(1.0) and len(choice["candidates"]) == 6  # 2 flips x 3 post
     assert Stub.info.tta_flips == () and Stub.info.postprocess == "none"  # the model is left as it was
+
+
+# -- integrity: divergence, unimproved runs, one atomic checkpoint ---------------------------------
+
+
+class _Killed(BaseException):
+    """Stands in for a kill: nothing after it runs (not an Exception, so no handler swallows it)."""
+
+
+def _tiny_2d(epochs: int = 4, **kw) -> tuple[list[Sample], SegTrainConfig]:
+    data = _cases(3, (24, 24), seed=3)
+    cfg = SegTrainConfig(arch="unet2d", patch_size=(16, 16), channels=(4, 8), batch_size=2, samples_per_image=1,
+                         epochs=epochs, precision="fp32", select_inference=False, **kw)
+    return data, cfg
+
+
+def test_non_finite_loss_stops_with_the_step(tmp_path) -> None:
+    from medfm.errors import MedfmError
+    from medfm.errors import TrainingDivergedError
+
+    data, cfg = _tiny_2d(epochs=3, lr=1e30)  # one AdamW step of 1e30 blows every weight up
+    with pytest.raises(TrainingDivergedError, match=r"training loss is (nan|inf) at step 2 \(epoch 2, fp32") as err:
+        train_segmentation(data[:2], data[2:], cfg, tmp_path)
+    assert isinstance(err.value, MedfmError) and "a lower --lr" in str(err.value)
+    assert not (tmp_path / "model_card.json").exists()  # nothing reported from a diverged run
+
+
+def test_run_whose_val_never_improved_is_marked(tmp_path, monkeypatch) -> None:
+    import medfm.tasks.segmentation.train as tr
+
+    monkeypatch.setattr(tr, "evaluate", lambda segmenter, items: 0.25)  # val flat from the first epoch
+    data, cfg = _tiny_2d(epochs=3)
+    res = train_segmentation(data[:2], data[2:], cfg, tmp_path)
+    assert res.best_epoch == 1 and len(res.warnings) == 1 and "never rose above" in res.warnings[0]
+    card = json.loads((tmp_path / "model_card.json").read_text())
+    assert card["description"].startswith("WARNING: val Dice never rose")
+    extra = card["config"]["segmentation"]["extra"]
+    assert "never rose" in extra["warning"] and extra["autocast"] == "none (fp32)"  # the precision it really ran
+    scores = iter([0.2, 0.3, 0.4])
+    monkeypatch.setattr(tr, "evaluate", lambda segmenter, items: next(scores))
+    assert train_segmentation(data[:2], data[2:], cfg, tmp_path / "ok").warnings == []
+
+
+def test_kill_between_checkpoint_and_export_resumes_consistently(tmp_path, monkeypatch) -> None:
+    """The checkpoint is the one source of truth: a kill after it but before ``model.safetensors``
+    is exported leaves older exported weights, and resume exports the checkpoint's best again."""
+    import torch
+    from safetensors.torch import load_file
+
+    import medfm.tasks.segmentation.train as tr
+
+    scores = iter([0.1, 0.2, 0.3, 0.4, 0.5])  # every validation improves: every epoch exports
+    monkeypatch.setattr(tr, "evaluate", lambda segmenter, items: next(scores))
+    real_save, calls = tr.save_weights, []
+
+    def save_then_die(weights, path):
+        calls.append(path)
+        if len(calls) == 2:  # epoch 2's export, after epoch 2's checkpoint
+            raise _Killed
+        real_save(weights, path)
+
+    monkeypatch.setattr(tr, "save_weights", save_then_die)
+    data, cfg = _tiny_2d(epochs=4)
+    with pytest.raises(_Killed):
+        train_segmentation(data[:2], data[2:], cfg, tmp_path)
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ck["state"]["epoch"] == 2 and ck["state"]["best"] == pytest.approx(0.2) and ck["state"]["best_epoch"] == 2
+    stale = load_file(str(tmp_path / "model.safetensors"))  # epoch 1's weights
+    assert any(not torch.equal(stale[k], v) for k, v in ck["best_weights"].items())
+    monkeypatch.setattr(tr, "save_weights", real_save)
+    info, in_ch = tr._model_info(data[:2], cfg)
+    trainer = tr.SegTrainer(data[:2], data[2:], cfg, info, in_ch, tmp_path, "cpu")
+    trainer.resume()
+    exported = load_file(str(tmp_path / "model.safetensors"))
+    assert all(torch.equal(exported[k], v) for k, v in ck["best_weights"].items())
+    res = train_segmentation(data[:2], data[2:], cfg, tmp_path, resume=True)
+    assert (res.epochs, res.best_epoch, res.best_val_dice) == (4, 4, pytest.approx(0.4))
+    assert [h["epoch"] for h in res.history] == [1, 2, 3, 4]
+    assert json.loads((tmp_path / "history.json").read_text()) == res.history
+
+
+def test_kill_while_writing_the_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch) -> None:
+    import torch
+
+    import medfm.tasks.segmentation.state as st
+
+    real_write, calls = st.write_durably, []
+
+    def half_write_then_die(path, data):
+        calls.append(path)
+        if len(calls) == 2:  # epoch 2's checkpoint: half the bytes reach the disk, then the kill
+            (path.parent / f".{path.name}.dead.part").write_bytes(data[: len(data) // 2])
+            raise _Killed
+        real_write(path, data)
+
+    monkeypatch.setattr(st, "write_durably", half_write_then_die)
+    data, cfg = _tiny_2d(epochs=3)
+    with pytest.raises(_Killed):
+        train_segmentation(data[:2], data[2:], cfg, tmp_path)
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ck["state"]["epoch"] == 1 and len(ck["state"]["history"]) == 1
+    monkeypatch.setattr(st, "write_durably", real_write)
+    res = train_segmentation(data[:2], data[2:], cfg, tmp_path, resume=True)
+    assert res.epochs == 3 and [h["epoch"] for h in res.history] == [1, 2, 3]
+
+
+def test_unreadable_checkpoint_is_named(tmp_path) -> None:
+    data, cfg = _tiny_2d(epochs=1)
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="checkpoint.pt: not a readable train-seg checkpoint"):
+        train_segmentation(data[:2], data[2:], cfg, tmp_path, resume=True)
+    (tmp_path / "checkpoint.pt").unlink()
+    (tmp_path / "train_state.pt").write_bytes(b"")  # an older medfm's two-file state: refused, not restarted
+    with pytest.raises(InputError, match="older medfm"):
+        train_segmentation(data[:2], data[2:], cfg, tmp_path, resume=True)
+
+
+def test_norms_run_in_fp32_under_bf16_autocast() -> None:
+    import copy
+
+    import torch
+
+    from medfm.tasks.segmentation.model import NetSpec, build_network
+
+    net = build_network(NetSpec(arch="unet3d", in_channels=1, num_classes=2, patch_size=(8, 8, 8), channels=(4, 8)))
+    seen = []
+    for m in net.modules():
+        if isinstance(m, torch.nn.InstanceNorm3d):
+            m.register_forward_hook(lambda mod, i, o: seen.append((i[0].dtype, o.dtype)))
+    x = torch.randn(1, 1, 8, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = net(x)
+    assert seen and all(o == torch.float32 for _, o in seen) and y.dtype == torch.bfloat16  # convs stay bf16
+    twin = copy.deepcopy(net)  # the rebound forward follows the copy, not the original
+    assert sorted(twin.state_dict()) == sorted(net.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(twin(x), net(x))

@@ -87,10 +87,11 @@ class ClipImageTower(nn.Module):
 class HFAdapter(TorchAdapter):
     """Adapter around a transformers model; image tower in ``tower``, text via the full model."""
 
-    def __init__(self, card: ModelCard, model: Any, tokenizer: Any, device: str) -> None:
+    def __init__(self, card: ModelCard, model: Any, tokenizer: Any, device: str, tokenizer_folder: Path | None = None) -> None:
         super().__init__(card, device)
         self.model = model
-        self.tokenizer = tokenizer
+        self._tokenizer = tokenizer
+        self._tokenizer_folder = tokenizer_folder  # read on first ``encode_text`` (image-only use never loads it)
         kind = card.config.get("kind", "vision")
         if kind == "clip":
             self.tower = ClipImageTower(model)
@@ -101,6 +102,16 @@ class HFAdapter(TorchAdapter):
         else:
             self.tower = VisionTower(model, card.config.get("pool", "cls"))
         self._place(model)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The text tokenizer, loaded from the model folder on first use (None when it has none).
+
+        Lazy because image-only use must not need the tokenizer's libraries: SigLIP's
+        ``SiglipTokenizer`` needs ``sentencepiece``."""
+        if self._tokenizer is None and self._tokenizer_folder is not None:
+            self._tokenizer = load_tokenizer(self._tokenizer_folder, self.card)
+        return self._tokenizer
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """Strings -> projected text embeddings (N, D) float32, unnormalised."""
@@ -133,11 +144,29 @@ def _model_class(card: ModelCard) -> Any:
     return cls
 
 
-def build(card: ModelCard, folder: Path | None, weights: Path | None, device: str) -> HFAdapter:
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model")
+
+
+def load_tokenizer(folder: Path, card: ModelCard) -> Any:
+    """``AutoTokenizer`` from ``folder``; a missing tokenizer library is a ConfigError naming it."""
+    transformers = optional_import("transformers")
+    try:
+        return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (ImportError, ValueError) as exc:
+        if "sentencepiece" in str(exc).lower() or (folder / "spiece.model").is_file():
+            optional_import("sentencepiece")  # raises the install hint when it is the missing piece
+        raise ConfigError(f"{folder}: cannot load the text tokenizer of '{card.id}' ({exc})") from exc
+
+
+FOLDER_FILE: str | None = "config.json"
+
+
+def build(card: ModelCard, folder: Path | None, weights: Path | None, device: str, **options: Any) -> HFAdapter:
     transformers = optional_import("transformers")
     quiet_transformers()
     cls = _model_class(card)
     tokenizer = None
+    tok_folder: Path | None = None
     if weights is not None and weights.is_dir():
         folder, weights = weights, None
     if weights is not None:
@@ -158,14 +187,23 @@ def build(card: ModelCard, folder: Path | None, weights: Path | None, device: st
         if not (folder / "config.json").is_file():
             raise MissingWeightsError(f"{folder}: no config.json; not a transformers model folder for {card.id}")
         model = cls.from_pretrained(str(folder), local_files_only=True)
-        if "text_encoder" in card.capabilities and any(
-            (folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model")
-        ):
-            tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    return HFAdapter(card, model.eval(), tokenizer, device)
+        if "text_encoder" in card.capabilities and any((folder / f).is_file() for f in TOKENIZER_FILES):
+            tok_folder = folder
+    return HFAdapter(card, model.eval(), tokenizer, device, tokenizer_folder=tok_folder)
 
 
 def save(adapter: HFAdapter, folder: Path) -> None:
     adapter.model.save_pretrained(str(folder))
     if adapter.tokenizer is not None:
         adapter.tokenizer.save_pretrained(str(folder))
+
+
+def save_trained(module: Any, card: ModelCard, folder: Path) -> None:
+    """A fine-tuned transformers model (or a tower wrapping one as ``.model``), ``save_pretrained``."""
+    from medfm.models.base import cannot_save
+
+    transformers = optional_import("transformers")
+    pretrained = module.model if isinstance(module, VisionTower) else module
+    if not isinstance(pretrained, transformers.PreTrainedModel):
+        raise cannot_save(card)
+    pretrained.save_pretrained(str(folder))

@@ -10,6 +10,7 @@ Weights: ``model.safetensors`` in a medfm folder, or a state dict file of the to
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -67,7 +68,10 @@ class MonaiAdapter(TorchAdapter):
         self._place(tower)
 
 
-def build(card: ModelCard, folder: Path | None, weights: Path | None, device: str) -> MonaiAdapter:
+FOLDER_FILE: str | None = None  # any weight file (model.safetensors when medfm wrote it)
+
+
+def build(card: ModelCard, folder: Path | None, weights: Path | None, device: str, **options: Any) -> MonaiAdapter:
     with seeded(int(card.config.get("seed", 0))):
         tower = _tower(card)
     if weights is not None and weights.is_dir():
@@ -84,3 +88,8 @@ def build(card: ModelCard, folder: Path | None, weights: Path | None, device: st
 def save(adapter: MonaiAdapter, folder: Path) -> None:
     assert adapter.tower is not None
     save_module(adapter.tower, folder / WEIGHTS_NAME)
+
+
+def save_trained(module: torch.nn.Module, card: ModelCard, folder: Path) -> None:
+    """The fine-tuned tower from ``trainable_module()``, as safetensors."""
+    save_module(module, folder / WEIGHTS_NAME)

@@ -60,7 +60,10 @@ class OpenClipAdapter(TorchAdapter):
         return [self.model]
 
 
-def build(card: ModelCard, folder: Path | None, weights: Path | None, device: str) -> OpenClipAdapter:
+FOLDER_FILE: str | None = "open_clip_config.json"
+
+
+def build(card: ModelCard, folder: Path | None, weights: Path | None, device: str, **options: Any) -> OpenClipAdapter:
     open_clip = optional_import("open_clip")
     if weights is not None and weights.is_dir():
         folder, weights = weights, None
@@ -103,3 +106,9 @@ def save(adapter: OpenClipAdapter, folder: Path) -> None:
         },
     )
     save_module(adapter.model, folder / WEIGHTS_NAME)
+
+
+def save_trained(module: Any, card: ModelCard, folder: Path) -> None:
+    from medfm.models.base import cannot_save
+
+    raise cannot_save(card)

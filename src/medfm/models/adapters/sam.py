@@ -51,8 +51,8 @@ class SamAdapter(TorchAdapter):
         self._tokens: tuple[torch.Tensor, torch.Tensor] | None = None  # (keys, positional) (1, 1, h*w, C)
         self._layer0: tuple[str, tuple[torch.Tensor, ...]] | None = None  # (precision, first-layer projections)
         self._geo: Geometry | None = None
-        self.low_res_logits: np.ndarray | None = None
-        self.iou_scores: np.ndarray | None = None
+        self.low_res_logits = None
+        self.iou_scores = None
         self.encoder_calls = 0  # how many times the image encoder ran (the cache is observable)
 
     def trainable_module(self) -> torch.nn.Module:
@@ -62,10 +62,11 @@ class SamAdapter(TorchAdapter):
     def modules_for_hash(self) -> list[torch.nn.Module]:
         return [self.model]
 
-    def set_image(self, image: np.ndarray) -> None:
-        """Run the image encoder on (H, W) or (C, H, W) ``image`` and cache the embedding."""
+    def set_image(self, image: np.ndarray, modality: str | None = None) -> None:
+        """Run the image encoder on (H, W) or (C, H, W) ``image`` and cache the embedding
+        (``modality`` "CT": the card's CT window first, as MedSAM's preprocessing does)."""
         self.require("segmenter", "set_image")
-        x = prepare_one(image, self.card.preprocess, where="set_image")
+        x = prepare_one(image, self.card.preprocess, where="set_image", modality=modality)
         hw = tuple(int(s) for s in np.asarray(image).shape[-2:])
         with self.autocast():
             emb = self.model.get_image_embeddings(x[None].to(self.device))
@@ -166,7 +167,7 @@ class SamAdapter(TorchAdapter):
             geo = self._geo
             grid = tuple(self.card.preprocess.output_size)
             up = F.interpolate(logits[:, None], size=grid, mode="bilinear", align_corners=False)
-            oy, ox = geo.offset_yx
+            oy, ox = (max(round(-o), 0) for o in geo.offset_yx)  # where the padding ends
             vh, vw = geo.valid_hw
             up = up[..., oy : oy + vh, ox : ox + vw]
             if tuple(up.shape[-2:]) != tuple(geo.in_hw):
@@ -299,7 +300,10 @@ def _sam_config(card: ModelCard) -> Any:
     return transformers.SamConfig(**cfg)
 
 
-def build(card: ModelCard, folder: Path | None, weights: Path | None, device: str) -> SamAdapter:
+FOLDER_FILE: str | None = "config.json"
+
+
+def build(card: ModelCard, folder: Path | None, weights: Path | None, device: str, **options: Any) -> SamAdapter:
     transformers = optional_import("transformers")
     quiet_transformers()
     if weights is not None and weights.is_dir():
@@ -318,3 +322,14 @@ def build(card: ModelCard, folder: Path | None, weights: Path | None, device: st
 
 def save(adapter: SamAdapter, folder: Path) -> None:
     adapter.model.save_pretrained(str(folder))
+
+
+def save_trained(module: Any, card: ModelCard, folder: Path) -> None:
+    """A fine-tuned transformers model (or a tower wrapping one as ``.model``), ``save_pretrained``."""
+    from medfm.models.base import cannot_save
+
+    transformers = optional_import("transformers")
+    pretrained = module
+    if not isinstance(pretrained, transformers.PreTrainedModel):
+        raise cannot_save(card)
+    pretrained.save_pretrained(str(folder))

@@ -11,7 +11,7 @@ resizes position embeddings; ``.bin``/``.pth`` with ``weights_only=True``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from medfm._optional import optional_import
 from medfm.errors import ConfigError
@@ -45,7 +45,10 @@ def _kwargs(card: ModelCard) -> dict:
     return kw
 
 
-def build(card: ModelCard, folder: Path | None, weights: Path | None, device: str) -> TimmAdapter:
+FOLDER_FILE: str | None = None  # any weight file (model.safetensors when medfm wrote it)
+
+
+def build(card: ModelCard, folder: Path | None, weights: Path | None, device: str, **options: Any) -> TimmAdapter:
     timm = optional_import("timm")
     if not card.arch:
         raise ConfigError(f"model card {card.id}: timm backend needs 'arch' (a timm model name)")
@@ -72,3 +75,8 @@ def build(card: ModelCard, folder: Path | None, weights: Path | None, device: st
 def save(adapter: TimmAdapter, folder: Path) -> None:
     assert adapter.tower is not None
     save_module(adapter.tower, folder / WEIGHTS_NAME)
+
+
+def save_trained(module: torch.nn.Module, card: ModelCard, folder: Path) -> None:
+    """The fine-tuned tower from ``trainable_module()``, as safetensors."""
+    save_module(module, folder / WEIGHTS_NAME)

@@ -7,9 +7,9 @@ Backends (card ``backend``):
 - ``openai_http``: any OpenAI-compatible chat server (``/v1/chat/completions``);
 - ``llava_med``: listed only; creating it raises a ``ConfigError`` (needs the LLaVA-Med code).
 
-The model zoo registers these backends and the generator cards, so
-``medfm.models.create_model("biomistral/7b")`` works too; ``create_generator`` adds the
-generator-only options (dtype, device_map, 8/4-bit quantization, server URL).
+The model zoo registers these backends and the generator cards: ``create_generator`` is
+``medfm.models.create_model`` (the one factory) for generator cards, never downloading, with
+the generator-only options (dtype, device_map, 8/4-bit quantization, server URL).
 
 >>> from medfm.models.generators import create_generator
 >>> gen = create_generator("biomistral/7b")          # doctest: +SKIP
@@ -30,7 +30,7 @@ from medfm.models.generators._base import (
 )
 from medfm.models.generators.cards import generator_cards
 
-# backend -> module with ``build(card, folder, weights, device)`` (the zoo's backend contract)
+# backend -> module implementing ``medfm.models.base.Backend`` (the zoo's backend contract)
 GENERATOR_BACKENDS: dict[str, str] = {
     "hf_causal_lm": "medfm.models.generators.hf_causal",
     "hf_image_text_to_text": "medfm.models.generators.hf_vlm",
@@ -66,17 +66,14 @@ def create_generator(
     ``max_retries``, ``backoff_s`` for ``openai_http``. Missing weights raise
     ``MissingWeightsError`` before any network access.
     """
-    import importlib
-
-    from medfm.models import get_model_card
+    from medfm.models.zoo import create_model, get_model_card
 
     card = model if isinstance(model, ModelCard) else get_model_card(model)
     if "generator" not in card.capabilities:
         raise ConfigError(f"model '{card.id}' is not a generator (capabilities: {', '.join(sorted(card.capabilities))})")
     if card.backend not in GENERATOR_BACKENDS:
         raise ConfigError(f"model '{card.id}': backend {card.backend!r} is not a generator backend; one of {sorted(GENERATOR_BACKENDS)}")
-    module = importlib.import_module(GENERATOR_BACKENDS[card.backend])
-    return module.create(card, device=device, path=path, **options)
+    return create_model(card, device=device, weights=path, fetch=False, **options)  # type: ignore[return-value]
 
 
 __all__ = [

@@ -24,6 +24,11 @@ _BASE_TEMPLATES = {
 
 def generator_cards() -> list[ModelCard]:
     """The built-in generator cards (registered into ``medfm.models.MODELS`` on import)."""
+    return _image_text_cards() + _text_cards()
+
+
+def _image_text_cards() -> list[ModelCard]:
+    """Generators that read images: MedGemma, LLaVA-Med (listed, unavailable), CheXagent."""
     return [
         ModelCard(
             id="medgemma/4b-it",
@@ -85,6 +90,12 @@ def generator_cards() -> list[ModelCard]:
                 "pin a revision and check that answers change with the image."
             ),
         ),
+    ]
+
+
+def _text_cards() -> list[ModelCard]:
+    """Text-only medical language models."""
+    return [
         ModelCard(
             id="biomistral/7b",
             backend="hf_causal_lm",

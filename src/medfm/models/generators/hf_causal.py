@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from medfm.errors import ConfigError, InputError
+from medfm.models.base import ModelAdapter, cannot_save
 from medfm.models.card import ModelCard
 from medfm.models.generators._base import (
     GeneratorAdapter,
@@ -137,13 +138,21 @@ class CausalLMGenerator(GeneratorAdapter):
         return tok.decode(out[0, input_ids.shape[-1] :], skip_special_tokens=True).strip()
 
 
-def create(card: ModelCard, device: str | None = None, path: str | Path | None = None, **options: Any) -> CausalLMGenerator:
-    """``create_generator`` entry: options ``dtype``, ``device_map``, ``quantization``."""
-    return CausalLMGenerator(card, device=device, path=path, **options)
+FOLDER_FILE: str | None = "config.json"
 
 
-def build(card: ModelCard, folder: Path | None, weights: Path | None, device: str) -> CausalLMGenerator:
-    """The zoo's backend contract (``medfm.models.create_model``)."""
+def build(card: ModelCard, folder: Path | None, weights: Path | None, device: str, **options: Any) -> CausalLMGenerator:
+    """The zoo's backend contract (``medfm.models.create_model``); ``options``: ``dtype``,
+    ``device_map``, ``quantization``. Without a folder the weights are looked up locally (never downloaded)."""
     if weights is not None and not weights.is_dir():
         raise ConfigError(f"{weights}: transformers models load from a folder, not a single file")
-    return CausalLMGenerator(card, device=device, path=weights or folder)
+    return CausalLMGenerator(card, device=device, path=weights or folder, **options)
+
+
+def save(adapter: ModelAdapter, folder: Path) -> None:
+    """Generators are used as downloaded; medfm does not re-save them."""
+    raise cannot_save(adapter.card, "a generator")
+
+
+def save_trained(module: Any, card: ModelCard, folder: Path) -> None:
+    raise cannot_save(card, "a generator")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from medfm.errors import ConfigError, InputError
+from medfm.models.base import ModelAdapter, cannot_save
 from medfm.models.card import ModelCard
 from medfm.models.generators._base import (
     GeneratorAdapter,
@@ -98,13 +99,21 @@ class ImageTextGenerator(GeneratorAdapter):
         return tok.decode(out[0, n_prompt:], skip_special_tokens=True).strip()
 
 
-def create(card: ModelCard, device: str | None = None, path: str | Path | None = None, **options: Any) -> ImageTextGenerator:
-    """``create_generator`` entry: options ``dtype``, ``device_map``, ``quantization``."""
-    return ImageTextGenerator(card, device=device, path=path, **options)
+FOLDER_FILE: str | None = "config.json"
 
 
-def build(card: ModelCard, folder: Path | None, weights: Path | None, device: str) -> ImageTextGenerator:
-    """The zoo's backend contract (``medfm.models.create_model``)."""
+def build(card: ModelCard, folder: Path | None, weights: Path | None, device: str, **options: Any) -> ImageTextGenerator:
+    """The zoo's backend contract (``medfm.models.create_model``); ``options``: ``dtype``,
+    ``device_map``, ``quantization``. Without a folder the weights are looked up locally (never downloaded)."""
     if weights is not None and not weights.is_dir():
         raise ConfigError(f"{weights}: transformers models load from a folder, not a single file")
-    return ImageTextGenerator(card, device=device, path=weights or folder)
+    return ImageTextGenerator(card, device=device, path=weights or folder, **options)
+
+
+def save(adapter: ModelAdapter, folder: Path) -> None:
+    """Generators are used as downloaded; medfm does not re-save them."""
+    raise cannot_save(adapter.card, "a generator")
+
+
+def save_trained(module: Any, card: ModelCard, folder: Path) -> None:
+    raise cannot_save(card, "a generator")

@@ -17,10 +17,12 @@ import base64
 import io
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from medfm._optional import optional_import
 from medfm.errors import ConfigError, InputError, MedfmError
+from medfm.models.base import ModelAdapter, cannot_save
 from medfm.models.card import ModelCard
 from medfm.models.generators._base import GeneratorAdapter, generation_options, to_pil
 
@@ -135,13 +137,21 @@ class OpenAIChatGenerator(GeneratorAdapter):
         return str(content or "").strip()
 
 
-def create(card: ModelCard, device: str | None = None, path: Any = None, **options: Any) -> OpenAIChatGenerator:
-    """``create_generator`` entry: options ``base_url``, ``model``, ``timeout_s``, ``max_retries``, ``backoff_s``."""
-    if path is not None:
+FOLDER_FILE: str | None = None
+
+
+def build(card: ModelCard, folder: Any, weights: Any, device: str, **options: Any) -> OpenAIChatGenerator:
+    """The zoo's backend contract; ``options``: ``base_url``, ``model``, ``timeout_s``,
+    ``max_retries``, ``backoff_s``. A served model takes no weights path."""
+    if weights is not None:
         raise ConfigError(f"model '{card.id}' is served over HTTP; it takes base_url, not a weights path")
     return OpenAIChatGenerator(card, device=device, **options)
 
 
-def build(card: ModelCard, folder: Any, weights: Any, device: str) -> OpenAIChatGenerator:
-    """The zoo's backend contract (``medfm.models.create_model``)."""
-    return OpenAIChatGenerator(card, device=device)
+def save(adapter: ModelAdapter, folder: Path) -> None:
+    """Generators are used as downloaded; medfm does not re-save them."""
+    raise cannot_save(adapter.card, "a generator")
+
+
+def save_trained(module: Any, card: ModelCard, folder: Path) -> None:
+    raise cannot_save(card, "a generator")

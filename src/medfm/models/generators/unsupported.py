@@ -19,9 +19,16 @@ def _refuse(card: ModelCard) -> ConfigError:
     )
 
 
-def create(card: ModelCard, device: str = "cpu", path: str | Path | None = None, **options: Any) -> Any:
+FOLDER_FILE: str | None = None
+
+
+def build(card: ModelCard, folder: Path | None, weights: Path | None, device: str, **options: Any) -> Any:
     raise _refuse(card)
 
 
-def build(card: ModelCard, folder: Path | None, weights: Path | None, device: str) -> Any:
+def save(adapter: Any, folder: Path) -> None:
+    raise _refuse(adapter.card)
+
+
+def save_trained(module: Any, card: ModelCard, folder: Path) -> None:
     raise _refuse(card)

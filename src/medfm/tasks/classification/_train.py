@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from medfm.errors import ConfigError
+from medfm.errors import ConfigError, TrainingDivergedError
 from medfm.tasks.classification._common import selection_score
 
 AUGMENTS = ("none", "flip", "flip_shift")
@@ -181,6 +181,62 @@ def predict_proba(
     return np.concatenate(out)
 
 
+@dataclass
+class _EpochStep:
+    """One training epoch of ``fit`` (shuffled mini-batches, autocast forward, fp32 loss);
+    a non-finite loss stops the run with an error naming the epoch and batch."""
+
+    module: Any
+    forward: Callable[[Any], Any]
+    to_input: Callable[[np.ndarray], Any]
+    loss_fn: Any
+    optimizer: Any
+    scheduler: Any
+    ema: Any
+    device: str
+    amp_dtype: Any
+    multilabel: bool
+    label_smoothing: float
+    augment: str
+    batch_size: int
+    name: str
+
+    def run(self, x_tr: np.ndarray, y_tr: np.ndarray, rng: np.random.Generator, epoch: int) -> float:
+        """Train one epoch; returns the mean training loss."""
+        import torch
+
+        self.module.train()
+        order = rng.permutation(len(x_tr))
+        total, seen = 0.0, 0
+        for start in range(0, len(order), self.batch_size):
+            idx = np.sort(order[start:start + self.batch_size])
+            if len(idx) < 2 and len(order) > 1:
+                continue  # a single-sample last batch breaks batch norm
+            xb = self.to_input(augment_batch(x_tr[idx], self.augment, rng))
+            yb = torch.as_tensor(y_tr[idx], device=self.device)
+            yb = yb.float() if self.multilabel else yb.long()
+            if self.multilabel and self.label_smoothing:
+                yb = yb * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
+            with autocast_ctx(self.device, self.amp_dtype):
+                logits = self.forward(xb)
+            loss = self.loss_fn(logits.float(), yb)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                prec = "fp32" if self.amp_dtype is None else f"{self.amp_dtype} autocast"
+                raise TrainingDivergedError(
+                    f"{self.name}: training loss is {value} at epoch {epoch}, batch {start // self.batch_size + 1} "
+                    f"({prec}); stopped instead of keeping untrained weights; try --precision fp32 or a lower learning rate")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update()
+            total += value * len(idx)
+            seen += len(idx)
+        return total / max(seen, 1)
+
+
 def fit(
     module: Any,
     forward: Callable[[Any], Any],
@@ -236,40 +292,20 @@ def fit(
     best_val, best_epoch, stale = -math.inf, 0, 0
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
+    step = _EpochStep(module, forward, to_input, loss_fn, optimizer, scheduler, ema, device, amp_dtype,
+                      multilabel, label_smoothing, augment, batch_size, progress or "training")
     epoch = 0
     for epoch in range(1, epochs + 1):
-        module.train()
-        order = rng.permutation(len(x_tr))
-        total, seen = 0.0, 0
-        for start in range(0, len(order), batch_size):
-            idx = np.sort(order[start:start + batch_size])
-            if len(idx) < 2 and len(order) > 1:
-                continue  # a single-sample last batch breaks batch norm
-            xb = to_input(augment_batch(x_tr[idx], augment, rng))
-            yb = torch.as_tensor(y_tr[idx], device=device)
-            yb = yb.float() if multilabel else yb.long()
-            if multilabel and label_smoothing:
-                yb = yb * (1.0 - label_smoothing) + 0.5 * label_smoothing
-            with autocast_ctx(device, amp_dtype):
-                logits = forward(xb)
-            loss = loss_fn(logits.float(), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update()
-            total += float(loss.detach()) * len(idx)
-            seen += len(idx)
+        mean_loss = step.run(x_tr, y_tr, rng, epoch)
         module.eval()
         with evaluated():
             p_va = predict_proba(forward, to_input, x_va, task, eval_batch_size, device, amp_dtype, tta)
             score = selection_score(y_va, p_va, task)
             if score > best_val:
                 best_state = snapshot()
-        history.append({"epoch": epoch, "train_loss": round(total / max(seen, 1), 5), "val_auroc": round(score, 5)})
+        history.append({"epoch": epoch, "train_loss": round(mean_loss, 5), "val_auroc": round(score, 5)})
         if progress:
-            print(f"{progress}: epoch {epoch}/{epochs} loss {total / max(seen, 1):.4f} val {score:.4f} "
+            print(f"{progress}: epoch {epoch}/{epochs} loss {mean_loss:.4f} val {score:.4f} "
                   f"({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
         if score > best_val:
             best_val, best_epoch, stale = score, epoch, 0

@@ -42,6 +42,10 @@ LORA_TARGETS: dict[str, tuple[str, ...]] = {
     "hf": ("q_proj", "v_proj"),
     "transformers": ("q_proj", "v_proj"),
     "open_clip": ("qkv", "c_fc", "c_proj"),
+    # pip-packaged CNNs (medfm.models.adapters.pretrained_pkg): the 1x1/3x3 convs of the
+    # EfficientNet inverted residuals (conv_pw, conv_pwl), DenseNet layers (conv1, conv2) and
+    # I3ResNet bottlenecks (conv1, conv2, conv3); peft wraps Conv2d and Conv3d.
+    "pretrained": ("conv_pw", "conv_pwl", "conv1", "conv2", "conv3"),
 }
 
 

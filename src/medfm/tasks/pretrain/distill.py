@@ -9,6 +9,7 @@ kept. No label is read.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from medfm._config import to_dict
 from medfm._paths import atomic_write_text
 from medfm._progress import track
 from medfm._runtime import autocast_dtype, default_device
+from medfm.errors import ConfigError, TrainingDivergedError
 from medfm.models.base import ModelAdapter
 from medfm.models.card import ModelCard
 from medfm.models.native import build_native_encoder, native_card, save_native_model
@@ -75,11 +77,7 @@ def distill(
     order = rng.permutation(len(images))
     n_val = max(1, int(round(cfg.val_fraction * len(images))))
     val_idx, train_idx = order[:n_val], order[n_val:]
-    x = to_unit(images)
-    if size != native:
-        mode = "bilinear" if ndim == 2 else "trilinear"
-        x = torch.nn.functional.interpolate(x, size=(size,) * ndim, mode=mode, align_corners=False)
-    x = (x - 0.5) / 0.5
+    x = _student_inputs(images, ndim, size, native)
 
     torch.manual_seed(cfg.seed)
     student = build_native_encoder(cfg.student, int(images.shape[1]), ndim, size)
@@ -89,10 +87,7 @@ def distill(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     amp = autocast_dtype(device, cfg.precision)
     dev_type = "cuda" if device.startswith("cuda") else "cpu"
-
-    def loss_fn(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        pred = pred.float()
-        return nn.functional.mse_loss(pred, target) + (1 - nn.functional.cosine_similarity(pred, target, dim=1)).mean()
+    loss_fn = _distill_loss
 
     best = (float("inf"), -1, None)
     train_losses: list[float] = []
@@ -103,25 +98,9 @@ def distill(
         if cfg.minutes is not None and time.perf_counter() - t0 > cfg.minutes * 60:
             stopped = "time budget"
             break
-        g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        perm = torch.from_numpy(train_idx)[torch.randperm(len(train_idx), generator=g)]
-        model.train()
-        total, batches = 0.0, 0
-        for s in range(0, len(perm), cfg.batch_size):
-            idx = perm[s:s + cfg.batch_size]
-            flip = torch.rand(len(idx), generator=g) < 0.5
-            xb = x[idx].clone()
-            xb[flip] = xb[flip].flip(-1)
-            target = torch.where(flip[:, None], t_mirror[idx], t_plain[idx]).to(device)
-            with torch.autocast(dev_type, dtype=amp or torch.float32, enabled=amp is not None):
-                loss = loss_fn(model(xb.to(device)), target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach())
-            batches += 1
+        total = _train_epoch(model, opt, x, t_plain, t_mirror, train_idx, cfg, epoch, device, amp)
         sched.step()
-        train_losses.append(total / max(1, batches))
+        train_losses.append(total)
         model.eval()
         with torch.inference_mode(), torch.autocast(dev_type, dtype=amp or torch.float32, enabled=amp is not None):
             vi = torch.from_numpy(val_idx)
@@ -130,7 +109,7 @@ def distill(
         if vloss < best[0]:
             best = (vloss, epoch, {k: v.detach().clone() for k, v in student.state_dict().items()})
     if best[2] is None:
-        raise ValueError("distillation ran no epoch")
+        raise ConfigError(f"distillation ran no epoch (time budget {cfg.minutes} min)")
     student.load_state_dict(best[2])
     seconds = time.perf_counter() - t0
     card = native_card(
@@ -145,3 +124,50 @@ def distill(
     }
     atomic_write_text(out / "distill.json", json.dumps(history, indent=2))
     return DistillResult(folder, card, train_losses, val_losses, best[1] + 1, seconds, stopped)
+
+
+def _distill_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE plus cosine distance to the (standardised) teacher features, in fp32."""
+    pred = pred.float()
+    return nn.functional.mse_loss(pred, target) + (1 - nn.functional.cosine_similarity(pred, target, dim=1)).mean()
+
+
+def _student_inputs(images: np.ndarray, ndim: int, size: int, native: int) -> torch.Tensor:
+    """Images in [-1, 1] at the student's size (bilinear / trilinear when it differs from native)."""
+    x = to_unit(images)
+    if size != native:
+        mode = "bilinear" if ndim == 2 else "trilinear"
+        x = torch.nn.functional.interpolate(x, size=(size,) * ndim, mode=mode, align_corners=False)
+    return (x - 0.5) / 0.5
+
+
+def _train_epoch(
+    model: nn.Module, opt: Any, x: torch.Tensor, t_plain: torch.Tensor, t_mirror: torch.Tensor,
+    train_idx: np.ndarray, cfg: DistillConfig, epoch: int, device: str, amp: Any,
+) -> float:
+    """One epoch over seeded shuffled batches, half of each mirrored (with the teacher's mirrored
+    features as targets); returns the mean loss; a non-finite loss stops the run."""
+    dev_type = "cuda" if device.startswith("cuda") else "cpu"
+    g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    perm = torch.from_numpy(train_idx)[torch.randperm(len(train_idx), generator=g)]
+    model.train()
+    total, batches = 0.0, 0
+    for s in range(0, len(perm), cfg.batch_size):
+        idx = perm[s:s + cfg.batch_size]
+        flip = torch.rand(len(idx), generator=g) < 0.5
+        xb = x[idx].clone()
+        xb[flip] = xb[flip].flip(-1)
+        target = torch.where(flip[:, None], t_mirror[idx], t_plain[idx]).to(device)
+        with torch.autocast(dev_type, dtype=amp or torch.float32, enabled=amp is not None):
+            loss = _distill_loss(model(xb.to(device)), target)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise TrainingDivergedError(
+                f"distillation loss is {value} at epoch {epoch + 1}, batch {batches + 1} "
+                f"({'fp32' if amp is None else 'bf16 autocast'}, lr {cfg.lr:g}); stopped; try --precision fp32 or a lower --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += value
+        batches += 1
+    return total / max(1, batches)

@@ -74,8 +74,9 @@ def dataset_images(name: str, split: str = "train", data_dir: str | Path | None 
     if split not in ds.splits:
         raise ConfigError(f"dataset '{name}' has no split '{split}' (splits: {', '.join(ds.splits)})")
     part = ds.split(split)
-    if hasattr(part, "images"):
-        return part.images()
+    stacked = part.images()
+    if stacked is not None:
+        return stacked
     arrays = [s.image.array for s in part if s.image is not None]
     if not arrays or len({a.shape for a in arrays}) != 1:
         raise InputError(f"dataset '{name}' split '{split}': images missing or of different sizes; use --folder with --image-size")

@@ -21,7 +21,7 @@ from medfm._config import to_dict
 from medfm._paths import atomic_path, atomic_write_text
 from medfm._progress import track
 from medfm._runtime import autocast_dtype, default_device
-from medfm.errors import ConfigError, InputError
+from medfm.errors import ConfigError, InputError, TrainingDivergedError
 from medfm.models.card import ModelCard
 from medfm.models.native import build_native_encoder, native_card, save_native_model
 from medfm.tasks.pretrain.config import PretrainConfig
@@ -127,22 +127,11 @@ def pretrain(
     transform = build_view_transform(ndim, size)
     view = make_view_fn(transform, size, ndim)
 
-    losses: list[float] = []
-    start_epoch, elapsed_before = 0, 0.0
     ckpt_path = out / CHECKPOINT
-    if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if ckpt.get("config") != json.dumps(to_dict(cfg), sort_keys=True):
-            raise ConfigError(f"{ckpt_path}: checkpoint was made with a different configuration; use a new --out folder")
-        method.load_state_dict(ckpt["state"])
-        opt.load_state_dict(ckpt["optimizer"])
-        losses = list(ckpt["losses"])
-        start_epoch = int(ckpt["epoch"])
-        elapsed_before = float(ckpt["elapsed"])
+    losses, start_epoch, elapsed_before = _resume(ckpt_path, cfg, method, opt)
     resumed_from = start_epoch
-
     amp = autocast_dtype(device, cfg.precision)
-    device_type = "cuda" if device.startswith("cuda") else "cpu"
+    epoch_run = _Epoch(method, opt, data, view, transform, batch, steps_per_epoch, total_steps, cfg, device, amp)
     t0 = time.perf_counter()
     stopped = "epochs"
     epochs = range(start_epoch, cfg.epochs)
@@ -151,37 +140,10 @@ def pretrain(
         if cfg.minutes is not None and elapsed_before + time.perf_counter() - t0 > cfg.minutes * 60:
             stopped = "time budget"
             break
-        seed = cfg.seed * 100_003 + epoch
-        torch.manual_seed(seed)
-        transform.set_random_state(seed=seed % (2**32))
-        order = torch.from_numpy(np.random.default_rng(seed).permutation(n))
-        method.train()
-        total = 0.0
-        for s in range(steps_per_epoch):
-            step = epoch * steps_per_epoch + s
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(step, total_steps, cfg.lr, warmup=min(10 * steps_per_epoch, total_steps // 10 + 1))
-            x = data[order[s * batch:(s + 1) * batch]].to(device)
-            with torch.autocast(device_type, dtype=amp or torch.float32, enabled=amp is not None):
-                loss = method(x, view, epoch)
-            opt.zero_grad(set_to_none=True)
-            loss.float().backward()
-            opt.step()
-            method.after_step((step + 1) / total_steps)
-            total += float(loss.detach())
-        losses.append(total / steps_per_epoch)
+        losses.append(epoch_run.run(epoch))
         done = epoch + 1
         if done % cfg.checkpoint_every == 0 or done == cfg.epochs:
-            out.mkdir(parents=True, exist_ok=True)
-            with atomic_path(ckpt_path) as tmp:
-                torch.save(
-                    {
-                        "epoch": done, "state": method.state_dict(), "optimizer": opt.state_dict(),
-                        "losses": losses, "elapsed": elapsed_before + time.perf_counter() - t0,
-                        "config": json.dumps(to_dict(cfg), sort_keys=True),
-                    },
-                    tmp,
-                )
+            _save_checkpoint(ckpt_path, done, method, opt, losses, elapsed_before + time.perf_counter() - t0, cfg)
     seconds = elapsed_before + time.perf_counter() - t0
     if not losses:
         raise ConfigError(f"pretraining ran no epoch (time budget {cfg.minutes} min already spent in {ckpt_path})")
@@ -194,3 +156,75 @@ def pretrain(
     history = {"losses": losses, "config": to_dict(cfg), "seconds": seconds, "stopped": stopped, "resumed_from": resumed_from}
     atomic_write_text(out / "pretrain.json", json.dumps(history, indent=2))
     return PretrainResult(folder, card, losses, len(losses), seconds, stopped, resumed_from, history)
+
+
+def _resume(ckpt_path: Path, cfg: PretrainConfig, method: Any, opt: Any) -> tuple[list[float], int, float]:
+    """(losses, next epoch, seconds already spent) from ``ckpt_path``, or a fresh start when absent."""
+    if not ckpt_path.is_file():
+        return [], 0, 0.0
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    if ckpt.get("config") != json.dumps(to_dict(cfg), sort_keys=True):
+        raise ConfigError(f"{ckpt_path}: checkpoint was made with a different configuration; use a new --out folder")
+    method.load_state_dict(ckpt["state"])
+    opt.load_state_dict(ckpt["optimizer"])
+    return list(ckpt["losses"]), int(ckpt["epoch"]), float(ckpt["elapsed"])
+
+
+def _save_checkpoint(path: Path, done: int, method: Any, opt: Any, losses: list[float], elapsed: float, cfg: PretrainConfig) -> None:
+    """Everything a resumed run needs, in one file written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(
+            {
+                "epoch": done, "state": method.state_dict(), "optimizer": opt.state_dict(), "losses": losses,
+                "elapsed": elapsed, "config": json.dumps(to_dict(cfg), sort_keys=True),
+            },
+            tmp,
+        )
+
+
+@dataclass
+class _Epoch:
+    """One pretraining epoch: seeded order and views, warm-up + cosine LR; a non-finite loss stops the run."""
+
+    method: Any
+    opt: Any
+    data: torch.Tensor
+    view: Any
+    transform: Any
+    batch: int
+    steps_per_epoch: int
+    total_steps: int
+    cfg: PretrainConfig
+    device: str
+    amp: Any
+
+    def run(self, epoch: int) -> float:
+        """Train one epoch; returns its mean loss."""
+        cfg, spe = self.cfg, self.steps_per_epoch
+        seed = cfg.seed * 100_003 + epoch
+        torch.manual_seed(seed)
+        self.transform.set_random_state(seed=seed % (2**32))
+        order = torch.from_numpy(np.random.default_rng(seed).permutation(len(self.data)))
+        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        self.method.train()
+        total = 0.0
+        for s in range(spe):
+            step = epoch * spe + s
+            for g in self.opt.param_groups:
+                g["lr"] = _lr_at(step, self.total_steps, cfg.lr, warmup=min(10 * spe, self.total_steps // 10 + 1))
+            x = self.data[order[s * self.batch:(s + 1) * self.batch]].to(self.device)
+            with torch.autocast(device_type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+                loss = self.method(x, self.view, epoch)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrainingDivergedError(
+                    f"{cfg.method} pretraining loss is {value} at epoch {epoch + 1}, step {s + 1} "
+                    f"({'fp32' if self.amp is None else 'bf16 autocast'}, lr {cfg.lr:g}); stopped; "
+                    "try --precision fp32 or a lower --lr")
+            self.opt.zero_grad(set_to_none=True)
+            loss.float().backward()
+            self.opt.step()
+            self.method.after_step((step + 1) / self.total_steps)
+            total += value
+        return total / spe

@@ -20,6 +20,7 @@ from medfm.errors import InputError
 from medfm.io.geometry import geometry_differences
 from medfm.io.image import Image
 from medfm.metrics.segmentation import METRICS, binary_metrics, summarize
+from medfm.results import MetricValue
 
 MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".tif", ".tiff", ".npz")
 SUMMARY_METRICS = ("dice", "iou", "hd95_mm", "assd_mm", "nsd", "volume_diff_ml", "abs_volume_diff_ml")
@@ -101,7 +102,7 @@ class SegEvalConfig:
 @dataclass
 class SegEvalResult:
     rows: list[dict[str, Any]]
-    summary: dict[str, dict[str, dict[str, float]]]
+    summary: dict[str, dict[str, MetricValue]]
     labels: tuple[int, ...]
     label_names: dict[int, str] = field(default_factory=dict)
     n_cases: int = 0
@@ -110,8 +111,8 @@ class SegEvalResult:
 
 def summarize_rows(
     rows: Sequence[dict[str, Any]], labels: Sequence[int], n_boot: int = 1000, seed: int = 0
-) -> dict[str, dict[str, dict[str, float]]]:
-    """{"label <v>" | "mean": {metric: {mean, ci_low, ci_high, n, n_undefined}}}.
+) -> dict[str, dict[str, MetricValue]]:
+    """{"label <v>" | "mean": {metric: MetricValue (mean over cases, CI, n, n_undefined)}}.
 
     "mean" averages the labels within each case first (NaN when a label's value is undefined),
     then bootstraps over cases.
@@ -226,17 +227,14 @@ def to_records(
     data_checksum: str | None = None, weights_hash: str | None = None, seconds: float = 0.0, seed: int = 0,
 ) -> list[Any]:
     """One ``Record`` with ``metric`` (mean over labels) and ``metric[label]`` entries."""
-    from medfm.results import MetricValue, Record, make_provenance
+    from medfm.results import Record, make_provenance
 
     metrics: dict[str, MetricValue] = {}
     for group, vals in result.summary.items():
         suffix = "" if group == "mean" else f"[{group.split()[-1]}]"
         for m, s in vals.items():
-            metrics[f"{m}{suffix}"] = MetricValue(
-                s["mean"], None if math.isnan(s["ci_low"]) else s["ci_low"], None if math.isnan(s["ci_high"]) else s["ci_high"]
-            )
-    undefined = {f"{m}{'' if g == 'mean' else '[' + g.split()[-1] + ']'}": v["n_undefined"]
-                 for g, vs in result.summary.items() for m, v in vs.items() if v["n_undefined"]}
+            metrics[f"{m}{suffix}"] = s
+    undefined = {name: v.n_undefined for name, v in metrics.items() if v.n_undefined}
     return [Record(
         dataset=dataset, split=split, model=model, protocol=protocol, metrics=metrics, seed=seed,
         n=result.n_cases, seconds=seconds,

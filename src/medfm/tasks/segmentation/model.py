@@ -2,8 +2,8 @@
 
 A saved model is a folder with ``model.safetensors`` (the selected weights), ``model_card.json``
 (a ``ModelCard`` whose ``config`` holds everything inference needs: architecture, labels, patch
-size, intensity normalisation, input size) and the training files (``last.safetensors``,
-``train_state.pt``, ``history.json``). ``TrainedSegmenter.load(folder)`` rebuilds it for ``medfm segment``;
+size, intensity normalisation, input size) and the training files (``checkpoint.pt``, see
+``medfm.tasks.segmentation.state``, and ``history.json``). ``TrainedSegmenter.load(folder)`` rebuilds it for ``medfm segment``;
 ``medfm.tasks.segmentation.ensemble`` averages several of them.
 
 Arrays follow ``medfm.io.image.Image``: (C, Z, Y, X) or (C, Y, X); label maps hold the original
@@ -59,7 +59,7 @@ def build_network(spec: NetSpec) -> torch.nn.Module:
         from monai.networks.nets import UNet
 
         ch = tuple(spec.channels)
-        return UNet(
+        return fp32_normalization(UNet(
             spatial_dims=spec.spatial_dims,
             in_channels=spec.in_channels,
             out_channels=spec.num_classes,
@@ -67,18 +67,18 @@ def build_network(spec: NetSpec) -> torch.nn.Module:
             strides=(2,) * (len(ch) - 1),
             num_res_units=2,
             norm="instance",
-        )
+        ))
     if spec.arch == "swinunetr":
         from monai.networks.nets import SwinUNETR
 
         if any(s % 32 for s in spec.patch_size):
             raise ConfigError(f"swinunetr needs patch sizes divisible by 32, got {spec.patch_size}")
-        return SwinUNETR(
+        return fp32_normalization(SwinUNETR(
             in_channels=spec.in_channels,
             out_channels=spec.num_classes,
             feature_size=spec.feature_size,
             spatial_dims=spec.spatial_dims,
-        )
+        ))
     if spec.spatial_dims != 2:
         raise ConfigError("frozen_encoder segmentation is 2D only (zoo encoders take 2D images)")
     if not spec.encoder:
@@ -86,6 +86,30 @@ def build_network(spec: NetSpec) -> torch.nn.Module:
     from medfm.tasks.segmentation.frozen import FrozenEncoderSegmenter
 
     return FrozenEncoderSegmenter(spec.encoder, spec.in_channels, spec.num_classes)
+
+
+def fp32_normalization(net: torch.nn.Module) -> torch.nn.Module:
+    """Run every normalisation layer in fp32 under bf16 autocast (as AMP keeps norms in fp32):
+    instance-norm statistics over a whole 3D feature map lose too much in bf16 and made training
+    diverge on AMX CPUs. The state dict is unchanged (only ``forward`` is rebound)."""
+    import types
+
+    import torch
+
+    norms = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
+    for m in net.modules():
+        if isinstance(m, norms):
+            m.forward = types.MethodType(_fp32_norm_forward, m)
+    return net
+
+
+def _fp32_norm_forward(self: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    if not torch.is_autocast_enabled(x.device.type):
+        return type(self).forward(self, x)
+    with torch.autocast(x.device.type, enabled=False):
+        return type(self).forward(self, x.float())
 
 
 # -- input preparation -----------------------------------------------------------------------
@@ -149,26 +173,34 @@ class SegModelInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def save_weights(module: torch.nn.Module, path: Path) -> None:
-    """Trainable state (frozen encoders excluded when the module says so) -> safetensors, atomically."""
-    from safetensors.torch import save_file
-
-    from medfm._paths import atomic_path
-
+def weights_to_save(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the trainable state (frozen encoders excluded when the module says so)."""
     state = module.state_dict_to_save() if hasattr(module, "state_dict_to_save") else module.state_dict()
-    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp))
+    return {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
+
+
+def save_weights(weights: torch.nn.Module | dict[str, torch.Tensor], path: Path) -> None:
+    """A module's trainable state (or a state dict) -> safetensors, atomically and fsynced."""
+    from safetensors.torch import save
+
+    from medfm._paths import write_durably
+
+    state = weights if isinstance(weights, dict) else weights_to_save(weights)
+    write_durably(path, save(state))
+
+
+def apply_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], where: str | Path) -> None:
+    """Load a state dict saved by ``save_weights`` (frozen encoders keep their zoo weights)."""
+    strict = not hasattr(module, "state_dict_to_save")
+    missing, unexpected = module.load_state_dict(state, strict=strict)
+    if unexpected:
+        raise InputError(f"{where}: unexpected weights {unexpected[:3]} for this architecture")
 
 
 def load_weights(module: torch.nn.Module, path: Path) -> None:
     from safetensors.torch import load_file
 
-    state = load_file(str(path))
-    strict = not hasattr(module, "state_dict_to_save")
-    missing, unexpected = module.load_state_dict(state, strict=strict)
-    if unexpected:
-        raise InputError(f"{path}: unexpected weights {unexpected[:3]} for this architecture")
+    apply_weights(module, load_file(str(path)), path)
 
 
 def write_card(folder: Path, info: SegModelInfo, name: str, weights_hash: str | None = None,
@@ -176,8 +208,8 @@ def write_card(folder: Path, info: SegModelInfo, name: str, weights_hash: str | 
     """Write ``model_card.json`` describing the trained model (``extra_config``: more keys of its
     ``config``, such as an ensemble's members)."""
     from medfm._config import to_dict
-    from medfm._paths import atomic_write_text
     from medfm.models.card import ModelCard
+    from medfm._paths import write_durably
 
     card = ModelCard(
         id=f"trained/{name}",
@@ -190,7 +222,7 @@ def write_card(folder: Path, info: SegModelInfo, name: str, weights_hash: str | 
         description=description or f"{info.net.arch} trained by medfm train-seg on {info.dataset or 'a folder'}",
     )
     path = folder / CARD_FILE
-    atomic_write_text(path, json.dumps(to_dict(card), indent=2))
+    write_durably(path, json.dumps(to_dict(card), indent=2).encode())
     return path
 
 

@@ -11,6 +11,7 @@ geometry, PNG overlays and, for DICOM series, a DICOM-SEG referencing the source
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from medfm._config import to_dict
 from medfm.errors import ConfigError, InputError
 from medfm.io.image import Image
 from medfm.tasks.segmentation.evaluate import SegEvalResult, evaluate_pairs, to_records, write_case_csv
@@ -116,6 +118,7 @@ def train_and_evaluate(
     segmenter = TrainedSegmenter.load(out, device=device, precision=config.precision)
     train_extra = {"best_val_dice": tr.best_val_dice, "best_epoch": tr.best_epoch, "epochs": tr.epochs,
                    "steps": tr.steps, "minutes": tr.seconds / 60, "cpu_minutes": tr.cpu_seconds / 60}
+    train_extra["warning"] = read_info(out).extra.get("warning")  # e.g. val Dice never rose after epoch 1
     result, hc = evaluate_test(segmenter, ds, train, test, config, out, f"trained/{card.name}-{config.arch}", "train-seg",
                                tolerance_mm, n_boot, config.seed, time.perf_counter() - t0, {"train": train_extra})
     return TrainRunResult(out, tr.best_val_dice, result, tr.seconds / 60, tr.epochs, tr.steps, hc, tr.cpu_seconds / 60)
@@ -128,7 +131,7 @@ def evaluate_test(segmenter: Any, ds: Any, train: Sequence[Any], test: Sequence[
     also the head circumference with the mask offset estimated on ``train``, ``test_hc.csv``).
     Returns (summary per label group, HC18 summary or {}); nothing is written without a test split."""
     from medfm.metrics.segmentation import summarize
-    from medfm.results import MetricValue, write_results
+    from medfm.results import write_results
 
     if not test:
         return {}, {}
@@ -151,8 +154,8 @@ def evaluate_test(segmenter: Any, ds: Any, train: Sequence[Any], test: Sequence[
         hc = {"offset_px_from_train": off, "hc_mad_mm": mad, "hc_mad_mm_uncorrected": mad_raw,
               "mean_signed_diff_mm": float(np.nanmean([r["hc_diff_mm"] for r in rows])),
               "dice_ellipse_fit": edice}
-        rec.metrics["hc_mad_mm"] = MetricValue(mad["mean"], mad["ci_low"], mad["ci_high"])
-        rec.metrics["dice_ellipse_fit"] = MetricValue(edice["mean"], edice["ci_low"], edice["ci_high"])
+        rec.metrics["hc_mad_mm"] = mad
+        rec.metrics["dice_ellipse_fit"] = edice
         rec.extra["hc18"] = hc
         _write_rows(rows, out / "test_hc.csv")
     rec.extra.update(extra)
@@ -248,11 +251,11 @@ def list_inputs(path: Path) -> list[InputCase]:
 
 def _display(arr: np.ndarray) -> np.ndarray:
     """(C, H, W) intensities -> (H, W, 3) uint8 with a 1-99 percentile window."""
+    from medfm.io.window import display_uint8, percentile_range
+
     a = arr.astype(np.float32)
     a = a[:3] if a.shape[0] >= 3 else np.repeat(a[:1], 3, axis=0)
-    lo, hi = np.percentile(a, [1, 99])
-    a = np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1)
-    return (a.transpose(1, 2, 0) * 255).astype(np.uint8)
+    return display_uint8(a, *percentile_range(a)).transpose(1, 2, 0)
 
 
 COLOURS = np.array([[255, 64, 64], [64, 200, 255], [255, 220, 0], [120, 255, 120], [255, 0, 255]], dtype=np.float32)
@@ -311,9 +314,9 @@ def _prompted(model: Any, image: Image, opts: SegmentOptions, where: str) -> np.
         if opts.slice not in (None, 0):
             raise InputError(f"{where}: --slice {opts.slice} given for a 2D image")
         if opts.box is not None:
-            m = segment_box(model, image.array, opts.box)
+            m = segment_box(model, image.array, opts.box, modality=image.modality)
         else:
-            m = segment_points(model, image.array, [opts.point])
+            m = segment_points(model, image.array, [opts.point], modality=image.modality)
         return m[None].astype(np.uint8)
     depth = image.spatial_shape[0]
     z = check_slice(depth // 2 if opts.slice is None else opts.slice, depth, where=f"{where}: --slice")
@@ -386,7 +389,9 @@ def segment_inputs(model_ref: str, input_path: Path, out: Path, opts: SegmentOpt
 
 
 def nan_to_none(obj: Any) -> Any:
-    """NaN -> None for JSON output."""
+    """NaN -> None for JSON output (dataclasses such as ``MetricValue`` become dicts first)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = to_dict(obj)
     if isinstance(obj, float) and math.isnan(obj):
         return None
     if isinstance(obj, dict):

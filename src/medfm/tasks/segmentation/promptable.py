@@ -113,20 +113,36 @@ def slice_of(image: Image | np.ndarray, z: int) -> np.ndarray:
 # -- prompting -------------------------------------------------------------------------------
 
 
-def segment_box(model: Any, image: np.ndarray, box: Sequence[float], embed: bool = True) -> np.ndarray:
+def _set_image(model: Any, image: np.ndarray, modality: str | None) -> None:
+    """``model.set_image`` with the image's modality when known (e.g. MedSAM windows CT first)."""
+    if modality is None:
+        model.set_image(image)
+    else:
+        model.set_image(image, modality=modality)
+
+
+def segment_box(
+    model: Any, image: np.ndarray, box: Sequence[float], embed: bool = True, modality: str | None = None
+) -> np.ndarray:
     """Mask (H, W) bool for one box on a 2D image (C, H, W) or (H, W).
 
-    ``embed=False`` reuses the embedding of the previous ``set_image`` (same image).
+    ``embed=False`` reuses the embedding of the previous ``set_image`` (same image);
+    ``modality`` (e.g. "CT") lets the model apply its card's intensity window.
     """
     hw = image.shape[-2:]
     b = check_box(box, hw)
     if embed:
-        model.set_image(image)
+        _set_image(model, image, modality)
     return np.asarray(model.predict(boxes=b[None]))[0].astype(bool)
 
 
 def segment_points(
-    model: Any, image: np.ndarray, points: Sequence[Sequence[float]], labels: Sequence[int] | None = None, embed: bool = True
+    model: Any,
+    image: np.ndarray,
+    points: Sequence[Sequence[float]],
+    labels: Sequence[int] | None = None,
+    embed: bool = True,
+    modality: str | None = None,
 ) -> np.ndarray:
     """Mask (H, W) bool for one prompt made of N points (x, y) with labels (1 = inside, 0 = outside)."""
     p = check_points(points, image.shape[-2:])
@@ -134,7 +150,7 @@ def segment_points(
     if lab.size != len(p):
         raise InputError(f"{len(p)} points but {lab.size} point labels")
     if embed:
-        model.set_image(image)
+        _set_image(model, image, modality)
     return np.asarray(model.predict(points=p[None], point_labels=lab[None]))[0].astype(bool)
 
 
@@ -149,6 +165,7 @@ def propagate_3d(
     min_pixels: int = 1,
     max_slices: int | None = None,
     select: Callable[[int], None] | None = None,
+    modality: str | None = None,
 ) -> np.ndarray:
     """Segment a volume (C, Z, Y, X) from one prompt on ``key_slice``; returns (Z, Y, X) bool.
 
@@ -159,6 +176,8 @@ def propagate_3d(
     ``model.set_image`` (e.g. from embeddings kept by the caller).
     """
     arr = volume.array if isinstance(volume, Image) else np.asarray(volume)
+    if modality is None and isinstance(volume, Image):
+        modality = volume.modality
     if arr.ndim != 4:
         raise InputError(f"3D propagation needs a (C, Z, Y, X) volume, got shape {arr.shape}")
     depth = arr.shape[1]
@@ -169,9 +188,9 @@ def propagate_3d(
     if select is not None:
         select(z0)
     if box is not None:
-        key = segment_box(model, arr[:, z0], box, embed=select is None)
+        key = segment_box(model, arr[:, z0], box, embed=select is None, modality=modality)
     else:
-        key = segment_points(model, arr[:, z0], points, point_labels, embed=select is None)
+        key = segment_points(model, arr[:, z0], points, point_labels, embed=select is None, modality=modality)
     out[z0] = key
     if key.sum() < min_pixels:
         return out
@@ -183,7 +202,7 @@ def propagate_3d(
                 break
             if select is not None:
                 select(z)
-            m = segment_box(model, arr[:, z], b, embed=select is None)
+            m = segment_box(model, arr[:, z], b, embed=select is None, modality=modality)
             if m.sum() < min_pixels:
                 break
             out[z] = m
@@ -272,17 +291,21 @@ def check_prompts(prompts: dict[tuple[str, int], FixedPrompt], samples: Sequence
         check_box(p.box, tuple(shape[-2:]), where=p.where)
 
 
-def _fixed_prediction(model: Any, arr: np.ndarray, gt: np.ndarray, prompt: FixedPrompt, cfg: PromptEvalConfig) -> np.ndarray:
+def _fixed_prediction(
+    model: Any, arr: np.ndarray, gt: np.ndarray, prompt: FixedPrompt, cfg: PromptEvalConfig, modality: str | None = None
+) -> np.ndarray:
     """Prediction from a fixed box (checked by ``check_prompts``): 2D directly, 3D propagated from z."""
     if gt.ndim == 2:
-        return segment_box(model, arr, check_box(prompt.box, gt.shape, where=prompt.where))
+        return segment_box(model, arr, check_box(prompt.box, gt.shape, where=prompt.where), modality=modality)
     assert prompt.z is not None
     z = check_slice(prompt.z, gt.shape[0], where=prompt.where)
     check_box(prompt.box, gt.shape[1:], where=prompt.where)
-    return propagate_3d(model, arr, z, box=prompt.box, margin=cfg.margin)
+    return propagate_3d(model, arr, z, box=prompt.box, margin=cfg.margin, modality=modality)
 
 
-def _predict_label(model: Any, arr: np.ndarray, gt: np.ndarray, cfg: PromptEvalConfig, rng: np.random.Generator) -> np.ndarray:
+def _predict_label(
+    model: Any, arr: np.ndarray, gt: np.ndarray, cfg: PromptEvalConfig, rng: np.random.Generator, modality: str | None = None
+) -> np.ndarray:
     """Binary prediction (same shape as ``gt``) for one label of one image/volume."""
     pred = np.zeros(gt.shape, dtype=bool)
     if cfg.mode == "propagate":
@@ -291,7 +314,7 @@ def _predict_label(model: Any, arr: np.ndarray, gt: np.ndarray, cfg: PromptEvalC
         if not gt.any():
             return pred
         z = int(np.argmax(gt.reshape(gt.shape[0], -1).sum(axis=1)))
-        return propagate_3d(model, arr, z, box=jittered_box(gt[z], cfg.max_shift, rng), margin=cfg.margin)
+        return propagate_3d(model, arr, z, box=jittered_box(gt[z], cfg.max_shift, rng), margin=cfg.margin, modality=modality)
     slices = range(gt.shape[0]) if gt.ndim == 3 else [None]
     for z in slices:
         g = gt if z is None else gt[z]
@@ -299,9 +322,9 @@ def _predict_label(model: Any, arr: np.ndarray, gt: np.ndarray, cfg: PromptEvalC
             continue  # no object on this slice: no prompt, an empty prediction (counted)
         img = arr if z is None else arr[:, z]
         if cfg.mode == "box":
-            m = segment_box(model, img, jittered_box(g, cfg.max_shift, rng))
+            m = segment_box(model, img, jittered_box(g, cfg.max_shift, rng), modality=modality)
         elif cfg.mode == "points":
-            m = segment_points(model, img, sample_points(g, cfg.n_points, rng))
+            m = segment_points(model, img, sample_points(g, cfg.n_points, rng), modality=modality)
         else:
             raise ConfigError(f"unknown prompt mode '{cfg.mode}' ({', '.join(PROMPT_MODES)})")
         if z is None:
@@ -346,9 +369,9 @@ def evaluate_prompted(
                 p = prompts.get((str(s.id), int(lab)))
                 if p is None and gt.any():
                     raise InputError(f"case {s.id}: no prompt for label {lab} in the prompt file")
-                pred = np.zeros(gt.shape, bool) if p is None else _fixed_prediction(model, arr, gt, p, config)
+                pred = np.zeros(gt.shape, bool) if p is None else _fixed_prediction(model, arr, gt, p, config, s.image.modality)
             else:
-                pred = _predict_label(model, arr, gt, config, rng)
+                pred = _predict_label(model, arr, gt, config, rng, s.image.modality)
             m = binary_metrics(pred, gt, s.image.spacing, config.tolerance_mm)
             rows.append({"case": s.id, "label": int(lab), **m})
     return rows

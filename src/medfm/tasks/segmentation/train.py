@@ -5,12 +5,19 @@ samples patches with ``RandCropByPosNegLabeld``, optimises ``DiceCELoss`` with A
 polynomial learning-rate decay driven by whichever runs out first of the epoch count and the
 time budget, validates by ``sliding_window_inference`` (mean foreground Dice over the val split)
 and keeps the best weights (model selection on val only). The folder it writes is a saved model
-(see ``medfm.tasks.segmentation.model``); running again with ``resume=True`` continues from
-``last.safetensors`` + ``train_state.pt``.
+(see ``medfm.tasks.segmentation.model``); running again with ``resume=True`` continues from its
+one checkpoint file (``medfm.tasks.segmentation.state``). ``SegTrainer`` holds the loop's pieces
+(as MONAI's ``SupervisedTrainer``): ``run_epoch`` / ``train_step``, ``end_epoch`` (validate and
+checkpoint), and ``_finish`` writes the card. A non-finite loss stops the run with
+``TrainingDivergedError`` naming the step; a run whose val Dice never rose above its first
+validation is finished but marked (card description and ``extra.warning``, a printed warning).
 
-Budgets: ``minutes`` (wall clock) and ``cpu_minutes`` (this process's CPU time: on a shared
-machine wall time depends on the neighbours, CPU time does not) both stop training and drive the
-learning-rate decay; the history records both clocks.
+Precision: ``auto`` trains under bf16 autocast where bf16 is fast (CUDA, AMX CPUs); the loss and
+every normalisation layer run in fp32 (``model.fp32_normalization``).
+
+Budgets (``budget.Budget``): ``minutes`` (wall clock), ``cpu_minutes`` (this process's CPU time: on
+a shared machine wall time depends on the neighbours, CPU time does not), ``max_steps`` and
+``epochs`` all stop training and drive the learning-rate decay; the history records both clocks.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from medfm.data.card import Sample
-from medfm.errors import ConfigError, InputError
+from medfm.errors import ConfigError, InputError, TrainingDivergedError
+from medfm.tasks.segmentation.budget import Budget
 from medfm.tasks.segmentation.model import (
     WEIGHTS_FILE,
     NetSpec,
@@ -40,8 +48,11 @@ from medfm.tasks.segmentation.model import (
     normalize_intensity,
     resize_array,
     save_weights,
+    weights_to_save,
     write_card,
 )
+from medfm._paths import write_durably
+from medfm.tasks.segmentation.state import CHECKPOINT_FILE, TrainState
 
 DEFAULT_PATCH = {"unet2d": (256, 256), "unet3d": (32, 48, 32), "swinunetr": (32, 64, 32), "frozen_encoder": (224, 224)}
 
@@ -96,6 +107,7 @@ class SegTrainResult:
     seconds: float
     history: list[dict[str, float]]
     cpu_seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)  # e.g. val never rose above its first epoch
 
 
 def _log(msg: str) -> None:
@@ -221,17 +233,20 @@ def train_segmentation(
     device: str = "cpu",
 ) -> SegTrainResult:
     """Train a segmentation network; writes a loadable model folder to ``out`` (see module doc)."""
-    import torch
-    from monai.data import DataLoader, Dataset
-    from monai.losses import DiceCELoss
-    from monai.utils import set_determinism
-
-    from medfm._paths import file_hash
-    from medfm._runtime import autocast_dtype
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = config
+    info, in_ch = _model_info(train, config)
+    trainer = SegTrainer(train, val, config, info, in_ch, out, device)
+    if resume:
+        trainer.resume()
+    while not trainer.finished():
+        losses = trainer.run_epoch()
+        trainer.end_epoch(losses)
+    return _finish(trainer, train, val, resume)
+
+
+def _model_info(train: Sequence[Sample], cfg: SegTrainConfig) -> tuple[SegModelInfo, int]:
+    """Check the config against the data; the network spec and inference settings, input channels."""
     if not train:
         raise InputError("no training samples")
     if cfg.arch not in DEFAULT_PATCH:
@@ -240,10 +255,9 @@ def train_segmentation(
     if not labels:
         raise InputError("training masks contain no foreground label")
     first = train[0].image
-    nd = first.ndim
     patch = tuple(cfg.patch_size) or DEFAULT_PATCH[cfg.arch]
-    if len(patch) != nd:
-        raise ConfigError(f"patch size {patch} does not fit {nd}-D images ({cfg.arch})")
+    if len(patch) != first.ndim:
+        raise ConfigError(f"patch size {patch} does not fit {first.ndim}-D images ({cfg.arch})")
     in_ch = 3 if cfg.arch == "frozen_encoder" else first.channels
     spec = NetSpec(
         arch=cfg.arch, in_channels=in_ch, num_classes=len(labels) + 1, patch_size=patch,
@@ -253,124 +267,187 @@ def train_segmentation(
         net=spec, labels=labels, label_names=tuple(cfg.label_names), input_size=tuple(cfg.input_size),
         overlap=cfg.overlap, dataset=cfg.dataset,
     )
-    set_determinism(seed=cfg.seed)
-    torch.manual_seed(cfg.seed)
-    net = build_network(spec).to(device)
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    train_items = _prepare(train, labels, tuple(cfg.input_size), in_ch)
-    val_items = _prepare(val, labels, tuple(cfg.input_size), in_ch)
-    ds = Dataset(train_items, transform=_transforms(cfg, patch))
-    gen = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, num_workers=0, generator=gen)
-    dtype = autocast_dtype(device, cfg.precision)
-    dev_type = "cuda" if device.startswith("cuda") else "cpu"
+    return info, in_ch
 
-    state_path, last_path = out / "train_state.pt", out / "last.safetensors"
-    epoch, step, elapsed0, cpu0 = 0, 0, 0.0, 0.0
-    best, best_epoch = -math.inf, -1
-    history: list[dict[str, float]] = []
-    if resume and state_path.is_file() and last_path.is_file():
-        st = torch.load(state_path, weights_only=True)
-        load_weights(net, last_path)
-        opt.load_state_dict(st["optimizer"])
-        epoch, step, elapsed0, cpu0 = st["epoch"], st["step"], st["elapsed"], st.get("cpu", 0.0)
-        best, best_epoch, history = st["best"], st["best_epoch"], st["history"]
-        torch.set_rng_state(st["torch_rng"])
-        gen.set_state(st["loader_rng"])
-        _log(f"train-seg: resumed at epoch {epoch}, step {step}, {elapsed0 / 60:.1f} min done")
-    budget = cfg.minutes * 60 if cfg.minutes else math.inf
-    cpu_budget = cfg.cpu_minutes * 60 if cfg.cpu_minutes else math.inf
-    start = time.perf_counter() - elapsed0
-    cpu_start = time.process_time() - cpu0
 
-    def cpu_used() -> float:
-        return time.process_time() - cpu_start
+class SegTrainer:
+    """One supervised run, as MONAI's ``SupervisedTrainer``: network, AdamW, Dice+CE and a patch
+    loader, a ``TrainState`` it checkpoints after every epoch and a ``Budget`` that ends it."""
 
-    def out_of_time() -> bool:
-        return time.perf_counter() - start >= budget or cpu_used() >= cpu_budget
-    segmenter = TrainedSegmenter(net, info, device, cfg.precision)
-    last_val = time.perf_counter()
+    def __init__(self, train: Sequence[Sample], val: Sequence[Sample], cfg: SegTrainConfig, info: SegModelInfo,
+                 in_ch: int, out: Path, device: str) -> None:
+        import torch
+        from monai.data import DataLoader, Dataset
+        from monai.losses import DiceCELoss
+        from monai.utils import set_determinism
 
-    def progress_frac() -> float:
-        el = time.perf_counter() - start
-        f = max(epoch / max(cfg.epochs, 1), el / budget if budget < math.inf else 0.0,
-                cpu_used() / cpu_budget if cpu_budget < math.inf else 0.0)
-        if cfg.max_steps:
-            f = max(f, step / cfg.max_steps)
-        return min(f, 1.0)
+        from medfm._runtime import autocast_dtype
 
-    def save_state() -> None:
-        save_weights(net, last_path)
-        with open(state_path.with_suffix(".tmp"), "wb") as f:
-            torch.save(
-                {"optimizer": opt.state_dict(), "epoch": epoch, "step": step, "elapsed": time.perf_counter() - start, "cpu": cpu_used(),
-                 "best": best, "best_epoch": best_epoch, "history": history, "torch_rng": torch.get_rng_state(),
-                 "loader_rng": gen.get_state()}, f)
-        state_path.with_suffix(".tmp").replace(state_path)
+        self.cfg, self.info, self.out, self.device = cfg, info, out, device
+        set_determinism(seed=cfg.seed)
+        torch.manual_seed(cfg.seed)
+        self.net = build_network(info.net).to(device)
+        self.opt = torch.optim.AdamW([p for p in self.net.parameters() if p.requires_grad], lr=cfg.lr,
+                                     weight_decay=cfg.weight_decay)
+        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        train_items = _prepare(train, info.labels, tuple(cfg.input_size), in_ch)
+        self.val_items = _prepare(val, info.labels, tuple(cfg.input_size), in_ch)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.loader = DataLoader(Dataset(train_items, transform=_transforms(cfg, info.net.patch_size)),
+                                 batch_size=cfg.batch_size, shuffle=True, num_workers=0, generator=self.gen)
+        self.dtype = autocast_dtype(device, cfg.precision)
+        self.segmenter = TrainedSegmenter(self.net, info, device, cfg.precision)
+        self.state = TrainState()
+        self.budget = Budget(cfg.minutes, cfg.cpu_minutes, cfg.max_steps, cfg.epochs).start()
+        self.best_weights: dict[str, Any] | None = None
+        self.stopped = False
+        self._last_val = time.perf_counter()
 
-    done = False
-    while not done and epoch < cfg.epochs:
-        net.train()
+    def resume(self) -> None:
+        """Continue from ``checkpoint.pt`` (nothing there: start afresh); re-export the best weights,
+        in case a kill came between the checkpoint and their export."""
+        path = self.out / CHECKPOINT_FILE
+        if not path.is_file():
+            if (self.out / "train_state.pt").is_file():  # before checkpoint.pt: weights and state in two files
+                raise InputError(f"{self.out}: written by an older medfm (train_state.pt + last.safetensors), which "
+                                 f"cannot be resumed consistently; train into a new --out")
+            return
+        self.state, self.best_weights = TrainState.load(path, self.net, self.opt, self.gen)
+        self.budget.start(self.state.elapsed, self.state.cpu)
+        if self.best_weights is not None:
+            save_weights(self.best_weights, self.out / WEIGHTS_FILE)
+        st = self.state
+        _log(f"train-seg: resumed at epoch {st.epoch}, step {st.step}, {st.elapsed / 60:.1f} min done")
+
+    def finished(self) -> bool:
+        return self.stopped or self.budget.epochs_done(self.state.epoch)
+
+    def run_epoch(self) -> list[float]:
+        """One pass over the training patches (cut short when the step or time budget runs out)."""
+        self.net.train()
         losses = []
-        for batch in loader:
-            frac = progress_frac()
-            for g in opt.param_groups:
-                g["lr"] = cfg.lr * (1 - frac) ** 0.9
-            x = batch["image"].to(device)
-            y = batch["label"].to(device)
-            with torch.autocast(dev_type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                logits = net(x)
-            loss = loss_fn(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            step += 1
-            if (cfg.max_steps and step >= cfg.max_steps) or out_of_time():
-                done = True
+        for batch in self.loader:
+            losses.append(self.train_step(batch))
+            if self.budget.steps_done(self.state.step) or self.budget.out_of_time():
+                self.stopped = True
                 break
-        epoch += 1
-        el = time.perf_counter() - start
-        rec = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)) if losses else math.nan, "minutes": el / 60,
-               "cpu_minutes": cpu_used() / 60}
-        time_for_val = cfg.val_every_s > 0 and time.perf_counter() - last_val >= cfg.val_every_s
-        if val_items and (epoch % max(cfg.val_every, 1) == 0 or done or epoch >= cfg.epochs or time_for_val):
-            last_val = time.perf_counter()
-            rec["val_dice"] = evaluate(segmenter, val_items)
-            if rec["val_dice"] > best:
-                best, best_epoch = rec["val_dice"], epoch
-                save_weights(net, out / WEIGHTS_FILE)
-        elif not val_items and (done or epoch >= cfg.epochs):
-            save_weights(net, out / WEIGHTS_FILE)  # no val split: the last weights are the model
-            best_epoch = epoch
-        history.append(rec)
+        self.state.epoch += 1
+        return losses
+
+    def train_step(self, batch: dict[str, Any]) -> float:
+        """One optimiser step (poly LR decay over the budget); a non-finite loss stops the run."""
+        import torch
+
+        frac = self.budget.fraction(self.state.epoch, self.state.step)
+        for g in self.opt.param_groups:
+            g["lr"] = self.cfg.lr * (1 - frac) ** 0.9
+        x, y = batch["image"].to(self.device), batch["label"].to(self.device)
+        dev_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        with torch.autocast(dev_type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            logits = self.net(x)
+        loss = self.loss_fn(logits.float(), y)  # the loss in fp32 whatever the autocast dtype
+        value = float(loss.item())
+        if not math.isfinite(value):
+            self._diverged(value)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.state.step += 1
+        return value
+
+    def _diverged(self, value: float) -> None:
+        st = self.state
+        prec = "bf16 autocast" if self.dtype is not None else "fp32"
+        kept = f"its last checkpoint (epoch {st.epoch}) is kept in {self.out}" if st.epoch else "nothing was saved"
+        raise TrainingDivergedError(
+            f"training loss is {value} at step {st.step + 1} (epoch {st.epoch + 1}, {prec}, lr {self.cfg.lr:g}); "
+            f"stopped, {kept}; try {'--precision fp32 or ' if self.dtype is not None else ''}a lower --lr")
+
+    def end_epoch(self, losses: list[float]) -> None:
+        """Record the epoch, validate when due (keeping the best weights), checkpoint."""
+        st, b, cfg = self.state, self.budget, self.cfg
+        rec = {"epoch": st.epoch, "step": st.step, "loss": float(np.mean(losses)) if losses else math.nan,
+               "minutes": b.elapsed() / 60, "cpu_minutes": b.cpu() / 60}
+        last = self.stopped or b.epochs_done(st.epoch)
+        time_for_val = cfg.val_every_s > 0 and time.perf_counter() - self._last_val >= cfg.val_every_s
+        improved = False
+        if self.val_items and (st.epoch % max(cfg.val_every, 1) == 0 or last or time_for_val):
+            rec["val_dice"], improved = self.validate()
+        elif not self.val_items and last:  # no val split: the last weights are the model
+            self.best_weights, st.best_epoch, improved = weights_to_save(self.net), st.epoch, True
+        st.history.append(rec)
         _log("train-seg: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()))
-        save_state()
-        if out_of_time():
-            done = True
-    seconds = time.perf_counter() - start
+        self.checkpoint(export_best=improved)
+        if b.out_of_time():
+            self.stopped = True
+
+    def validate(self) -> tuple[float, bool]:
+        """Mean val Dice now; (dice, whether it is the best so far, its weights then kept)."""
+        self._last_val = time.perf_counter()
+        dice = evaluate(self.segmenter, self.val_items)
+        improved = self.state.record_val(dice)
+        if improved:
+            self.best_weights = weights_to_save(self.net)
+        return dice, improved
+
+    def checkpoint(self, export_best: bool) -> None:
+        """Write the one checkpoint file, then (if the best changed) export ``model.safetensors``."""
+        self.state.elapsed, self.state.cpu = self.budget.elapsed(), self.budget.cpu()
+        self.state.save(self.out / CHECKPOINT_FILE, self.net, self.opt, self.gen, self.best_weights)
+        if export_best and self.best_weights is not None:
+            save_weights(self.best_weights, self.out / WEIGHTS_FILE)
+
+
+def _finish(trainer: SegTrainer, train: Sequence[Sample], val: Sequence[Sample], resume: bool) -> SegTrainResult:
+    """Record the run in the model card (with a warning when val never improved), train the refiner
+    and choose the inference settings on val; write the card and ``history.json``."""
+    from medfm._paths import file_hash
+
+    cfg, st, info, out = trainer.cfg, trainer.state, trainer.info, trainer.out
+    seconds, cpu = trainer.budget.elapsed(), trainer.budget.cpu()
     if not (out / WEIGHTS_FILE).is_file():
-        save_weights(net, out / WEIGHTS_FILE)
-    info.val_dice = None if best == -math.inf else float(best)
-    info.extra = {"best_epoch": best_epoch, "epochs": epoch, "steps": step, "minutes": seconds / 60,
-                  "cpu_minutes": cpu_used() / 60,
+        save_weights(trainer.net, out / WEIGHTS_FILE)
+    info.val_dice = None if st.best == -math.inf else float(st.best)
+    info.extra = {"best_epoch": st.best_epoch, "epochs": st.epoch, "steps": st.step, "minutes": seconds / 60,
+                  "cpu_minutes": cpu / 60, "autocast": "bf16" if trainer.dtype is not None else "none (fp32)",
                   "config": _cfg_dict(cfg)}
+    warning = _no_improvement_warning(st)
+    if warning:
+        info.extra["warning"] = warning
+        _log(f"train-seg: WARNING: {warning}")
+    segmenter = trainer.segmenter
     if cfg.refine:
-        segmenter.refiner = _train_refiner(train, val, cfg, out, resume, device)
+        segmenter.refiner = _train_refiner(train, val, cfg, out, resume, trainer.device)
         info.extra["refiner"] = {"best_val_dice_on_crops": segmenter.refiner.info.val_dice, **segmenter.refiner.info.extra}
     if cfg.select_inference and val:
-        load_weights(net, out / WEIGHTS_FILE)
-        choice = select_inference(segmenter, val, cfg.flip_axes)
-        info.tta_flips, info.postprocess = tuple(choice["tta_flips"]), choice["postprocess"]
-        info.refine_margin, info.refine_passes = choice["refine_margin"], choice["refine_passes"]
-        info.extra["inference_selection"] = choice
-        _log(f"train-seg: inference settings chosen on val: flips {info.tta_flips}, postprocess {info.postprocess}, "
-             f"refine margin {info.refine_margin} x {info.refine_passes} passes (val Dice {choice['val_dice']:.4f})")
-    write_card(out, info, name=f"{cfg.dataset or 'folder'}-{cfg.arch}", weights_hash=file_hash(out / WEIGHTS_FILE))
-    (out / "history.json").write_text(json.dumps(history, indent=2))
-    return SegTrainResult(out, info.val_dice, best_epoch, epoch, step, seconds, history, cpu_used())
+        _choose_inference(segmenter, val, cfg, out)
+    description = f"WARNING: {warning}" if warning else None
+    write_card(out, info, name=f"{cfg.dataset or 'folder'}-{cfg.arch}", weights_hash=file_hash(out / WEIGHTS_FILE),
+               description=description)
+    write_durably(out / "history.json", json.dumps(st.history, indent=2).encode())
+    return SegTrainResult(out, info.val_dice, st.best_epoch, st.epoch, st.step, seconds, st.history, cpu,
+                          warnings=[warning] if warning else [])
+
+
+def _no_improvement_warning(st: TrainState) -> str | None:
+    """The run's validation never rose above its first value (or never above 0): say so."""
+    if not st.never_improved():
+        return None
+    return (f"val Dice never rose above its first validation ({st.first_val:.4f} at epoch {st.first_val_epoch}; "
+            f"best {st.best:.4f} in {st.n_val} validations): the saved model is the epoch-{st.best_epoch} weights "
+            "and is probably not trained; check the loss in history.json, the learning rate and the precision")
+
+
+def _choose_inference(segmenter: TrainedSegmenter, val: Sequence[Sample], cfg: SegTrainConfig, out: Path) -> None:
+    """Load the best weights and pick flip TTA / post-processing / refiner use on val (into the info)."""
+    info = segmenter.info
+    load_weights(segmenter.net, out / WEIGHTS_FILE)
+    choice = select_inference(segmenter, val, cfg.flip_axes)
+    info.tta_flips, info.postprocess = tuple(choice["tta_flips"]), choice["postprocess"]
+    info.refine_margin, info.refine_passes = choice["refine_margin"], choice["refine_passes"]
+    info.extra["inference_selection"] = choice
+    _log(f"train-seg: inference settings chosen on val: flips {info.tta_flips}, postprocess {info.postprocess}, "
+         f"refine margin {info.refine_margin} x {info.refine_passes} passes (val Dice {choice['val_dice']:.4f})")
 
 
 def _train_refiner(train: Sequence[Sample], val: Sequence[Sample], cfg: SegTrainConfig, out: Path, resume: bool,

@@ -304,7 +304,9 @@ def run_prognosis(
     progress: bool = True,
     on_record: Callable[[list[Record]], None] | None = None,
 ) -> list[Record]:
-    """Every configured model on ``table``: one Record each (see ``evaluate_model``).
+    """Every configured model on ``table``: one Record each (see ``evaluate_model``); a model that
+    raises InputError gets a Record with ``extra['error']``; ``extra['imputed']`` counts the rows
+    whose missing covariate values the encoder imputed.
 
     ``on_record(records_so_far)`` is called after each model (the CLI saves partial results).
     """
@@ -312,12 +314,15 @@ def run_prognosis(
     it = track(models, desc=f"prognosis {table.name}", unit="model") if progress else iter(models)
     cache: TuneCache = {}
     records: list[Record] = []
+    imputed = table.missing()  # covariate -> rows with a missing value (imputed per fold)
     for m in it:
         try:
             records.append(evaluate_model(table, m, cfg, data_checksum, cache))
         except InputError as exc:  # one model that cannot be fitted does not stop the others
             print(f"prognosis: {table.name}: {m} failed: {exc}", file=sys.stderr)
             records.append(_failed_record(table, m, cfg, data_checksum, str(exc)))
+        if imputed:
+            records[-1].extra["imputed"] = dict(imputed)
         if len(records) == 1:
             records[0].extra["hazard_ratios"] = _hazard_ratios_or_empty(table)
         if on_record is not None:
