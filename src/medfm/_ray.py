@@ -19,8 +19,12 @@ DEFAULT_OBJECT_STORE_MB = 200
 # Passed to every worker so that a cell computes the same way wherever it runs.
 FORWARDED_ENV = (
     "MEDFM_HOME", "MEDFM_DATA", "MEDFM_THREADS", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME",
-    "OMP_WAIT_POLICY",
+    "OMP_WAIT_POLICY", "MEDFM_CELL_CACHE", "MEDFM_STORE",
+    # where URL caches live (not secrets: each node reads its own credentials or instance role)
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
 )
+FORWARDED_PREFIXES = ("FSSPEC_",)  # fsspec's per-protocol settings, e.g. FSSPEC_S3_ENDPOINT_URL
+_SECRET_WORDS = ("SECRET", "TOKEN", "PASSWORD", "_KEY", "CREDENTIAL")  # never forwarded (FSSPEC_S3_KEY, ...)
 
 
 @dataclass
@@ -45,7 +49,8 @@ class RayRuntime:
 
 def worker_env(threads: int) -> dict[str, str]:
     """Environment for Ray workers: medfm's settings from the driver, ``threads`` BLAS/torch threads."""
-    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    env = {k: v for k, v in os.environ.items() if k in FORWARDED_ENV
+           or (k.startswith(FORWARDED_PREFIXES) and not any(w in k for w in _SECRET_WORDS))}
     env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "MEDFM_THREADS": str(threads)})
     return env
 

@@ -7,6 +7,7 @@ shared by the module and stopped by PID at its end; Ray starts are slow on a sha
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ import pytest
 
 from medfm._config import to_dict
 from medfm.bench import BenchSpec, CellCache, InProcessExecutor, ResultsStore, run_bench
+from medfm.bench.storage import Folder
 from medfm.cli.main import main
 
 pytestmark = pytest.mark.slow
@@ -89,27 +91,50 @@ def _ray_executor(cluster, **kw):
     return RayExecutor(address=cluster.address, **kw)
 
 
-def test_two_nodes_give_the_local_records_once_each(cluster, shared_data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("shared", ["path", "s3"])
+def test_two_nodes_give_the_local_records_once_each(cluster, shared_data: Path, tmp_path: Path, shared: str) -> None:
+    """Two nodes share one cell cache and results store: a folder, or an S3 bucket (a moto
+    server on loopback, reached by every worker through s3fs)."""
     spec = _spec(shared_data, [1, 4], 2)
     local = run_bench(spec, tmp_path / "local", executor=InProcessExecutor(), cache=CellCache(tmp_path / "c-local"),
                       store=False, report=False)
-    store = ResultsStore(tmp_path / "shared" / "results.sqlite")
-    ex = _ray_executor(cluster, workers=2)
-    run = run_bench(spec, tmp_path / "ray", executor=ex, cache=CellCache(tmp_path / "shared" / "cells"),
-                    store=store, report=False)
-    assert run.computed == len(local.records) == 8 and run.cached == 0
-    diffs = [_diff(_comparable(a), _comparable(b)) for a, b in zip(run.records, local.records, strict=True)]
-    assert diffs == [[]] * 8, diffs[0][:10]
-    assert len(ex.stats.nodes_used) == 2 and ex.stats.duplicates == 0  # both nodes worked
-    prov = run.records[0].provenance["executor"]
-    assert prov["kind"] == "ray" and prov["nodes"] == 2 and local.records[0].provenance["executor"]["kind"] == "local"
-    # one shared results store and cell cache: every cell recorded exactly once
-    with sqlite3.connect(store.path) as con:
-        rows = con.execute("SELECT dataset, model, protocol, shots, seed FROM records WHERE run_id = ?", (run.run_id,)).fetchall()
-    assert len(rows) == len(set(rows)) == 8
-    assert len(list((tmp_path / "shared" / "cells").rglob("*.json"))) == 8
-    keys = [r.key() for r in run.records]
-    assert len(keys) == len(set(keys)) == 8
+    with contextlib.ExitStack() as stack:
+        if shared == "s3":
+            pytest.importorskip("s3fs")
+            pytest.importorskip("moto.server")
+            from s3_server import bucket_url, s3_server
+
+            opts = stack.enter_context(s3_server())
+            root: str | Path = bucket_url()
+        else:
+            opts, root = None, tmp_path / "shared"
+        store = ResultsStore(f"{root}/results" if shared == "s3" else Path(root) / "results.sqlite", storage_options=opts)
+        cache = CellCache(f"{root}/cells", storage_options=opts)
+        ex = _ray_executor(cluster, workers=2)
+        run = run_bench(spec, tmp_path / "ray", executor=ex, cache=cache, store=store, report=False)
+        assert run.computed == len(local.records) == 8 and run.cached == 0
+        diffs = [_diff(_comparable(a), _comparable(b)) for a, b in zip(run.records, local.records, strict=True)]
+        assert diffs == [[]] * 8, diffs[0][:10]
+        assert len(ex.stats.nodes_used) == 2 and ex.stats.duplicates == 0  # both nodes worked
+        prov = run.records[0].provenance["executor"]
+        assert prov["kind"] == "ray" and prov["nodes"] == 2 and local.records[0].provenance["executor"]["kind"] == "local"
+        # one shared results store and cell cache: every cell recorded exactly once
+        if shared == "s3":
+            rows = [(r.dataset, r.model, r.protocol, r.shots, r.seed) for r in store.records(run_id=run.run_id)]
+            entries = Folder(f"{root}/cells", opts).list()
+        else:
+            with sqlite3.connect(store.path) as con:
+                rows = con.execute("SELECT dataset, model, protocol, shots, seed FROM records WHERE run_id = ?",
+                                   (run.run_id,)).fetchall()
+            entries = [str(p) for p in (tmp_path / "shared" / "cells").rglob("*.json")]
+        assert len(rows) == len(set(rows)) == 8
+        assert len(entries) == 8 and all(e.endswith(".json") for e in entries)
+        keys = [r.key() for r in run.records]
+        assert len(keys) == len(set(keys)) == 8
+        # a rerun on the cluster (a fresh driver) takes every cell from the shared cache
+        again = run_bench(spec, tmp_path / "ray2", executor=_ray_executor(cluster, workers=2),
+                          cache=CellCache(f"{root}/cells", storage_options=opts), store=False, report=False)
+        assert again.cached == 8 and again.computed == 0
 
 
 def _cell_tasks() -> list[int]:
@@ -216,6 +241,56 @@ def test_embed_on_ray_equals_local_and_resumes_by_shard(cluster, shared_data: Pa
     again = embed_dataset(EmbedJob(**{**job.__dict__, "out": tmp_path / "ray2"}))
     assert again["splits"]["train"]["cache"]["hit"] == 2 and again["splits"]["train"]["cache"]["computed"] == 3
     np.testing.assert_array_equal(np.load(tmp_path / "ray2" / "train.npy"), a)
+
+
+def _procs_titled(prefix: bytes) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if (d / "cmdline").read_bytes().startswith(prefix):
+                    pids.append(int(d.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_embed_on_ray_actor_killed_mid_run_still_equals_local(cluster, shared_data: Path, tmp_path: Path) -> None:
+    """Ray Data restarts a killed actor and retries its shard: every shard once, the local arrays."""
+    import numpy as np
+
+    from medfm.models.embed import EmbedJob, embed_dataset
+
+    base = {"dataset": "breastmnist", "model": MODEL, "splits": ["train"], "data_dir": str(shared_data),
+            "precision": "fp32", "batch_size": 8, "shard_size": 16, "limit": 320}
+    local = embed_dataset(EmbedJob(**base, cache_dir=tmp_path / "c-local", out=tmp_path / "local"))
+    job = EmbedJob(**base, cache_dir=tmp_path / "c-ray", out=tmp_path / "ray", executor="ray",
+                   address=cluster.address, workers=2)
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.update(run=embed_dataset(job)))
+    t.start()
+    killed, deadline = None, time.time() + 240
+    entry_chunks = lambda: list((tmp_path / "c-ray").rglob("chunk-*.npy"))
+    while killed is None and t.is_alive() and time.time() < deadline:
+        pids = _procs_titled(b"ray::MapWorker(MapBatches(_EmbedShards))")
+        if pids and len(entry_chunks()) >= 2:  # the actors are working: kill one between or inside shards
+            os.kill(pids[0], signal.SIGKILL)
+            killed = pids[0]
+        time.sleep(0.01)
+    t.join(400)
+    assert killed is not None, "no embedding actor seen at work"
+    run = box["run"]
+    assert run["splits"]["train"]["cache"]["computed"] + run["splits"]["train"]["cache"]["hit"] == 20
+    np.testing.assert_array_equal(np.load(tmp_path / "ray" / "train.npy"), np.load(tmp_path / "local" / "train.npy"))
+    assert local["splits"]["train"]["n"] == 320
+
+
+def test_embed_on_ray_bad_model_is_one_line_error(cluster, shared_data: Path, tmp_path: Path, capsys) -> None:
+    args = ["embed", "--dataset", "breastmnist", "--model", "nosuch/model", "--data-dir", str(shared_data),
+            "--executor", "ray", "--address", cluster.address, "--workers", "1", "--out", str(tmp_path / "o")]
+    assert main(args) == 2
+    err = [ln for ln in capsys.readouterr().err.strip().splitlines() if "nosuch/model" in ln]
+    assert len(err) == 1 and "Traceback" not in err[0] and "ray::" not in err[0], err
 
 
 def test_failing_cell_is_retried_then_reported_not_dropped(cluster, tmp_path: Path) -> None:

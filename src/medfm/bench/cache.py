@@ -10,31 +10,39 @@ there), whose record no longer matches its checksum (an edited number), or that 
 at all, is never returned. It is reported as a :class:`BadEntry` and the cell is recomputed
 (and the entry rewritten): the cache only saves time, so recomputing gives the right number at
 the cost of minutes, while refusing would stop the whole run over a file the user cannot mend.
+
+The root is a folder or an fsspec URL (``s3://bucket/cells``, ``gs://``, ``file://``, a shared
+mount), so the workers of a cluster share one cache (see :mod:`medfm.bench.storage`); default
+``MEDFM_CELL_CACHE`` or ``<MEDFM_HOME>/cells``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from medfm import _paths
 from medfm._config import from_dict, to_dict
+from medfm.bench.storage import Folder
 from medfm.errors import MedfmError
 from medfm.results import MetricValue, Record, record_digest
 
 FORMAT = 2  # entry layout version; older entries (a bare record) are recomputed
 
 
-def default_cache_dir() -> Path:
-    return _paths.home() / "cells"
+def default_cache_dir() -> str | Path:
+    """``MEDFM_CELL_CACHE`` (a folder or a URL such as ``s3://bucket/cells``), else ``<MEDFM_HOME>/cells``."""
+    return os.environ.get("MEDFM_CELL_CACHE") or _paths.home() / "cells"
 
 
 @dataclass(frozen=True)
 class BadEntry:
     """A cache file that failed its checks: where, and why (one line)."""
 
-    path: Path
+    path: Path | str
     problem: str
 
     def message(self) -> str:
@@ -42,22 +50,29 @@ class BadEntry:
 
 
 class CellCache:
-    """Record store on disk: ``<root>/<key[:2]>/<key>.json``, each entry carrying its key and checksum."""
+    """Record store ``<root>/<key[:2]>/<key>.json`` (root: a folder or an fsspec URL), each entry
+    carrying its key and checksum."""
 
-    def __init__(self, root: str | Path | None = None) -> None:
-        self.root = Path(root) if root is not None else default_cache_dir()
+    def __init__(self, root: str | Path | None = None, storage_options: dict[str, Any] | None = None) -> None:
+        self.folder = Folder(root if root is not None else default_cache_dir(), storage_options)
+        self.root: Path | str = self.folder.local if self.folder.local is not None else str(self.folder.url)
 
-    def _path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.json"
+    @staticmethod
+    def _rel(key: str) -> str:
+        return f"{key[:2]}/{key}.json"
+
+    def _path(self, key: str) -> Path | str:
+        return self.folder.where(self._rel(key))
 
     def lookup(self, key: str) -> tuple[Record | None, BadEntry | None]:
         """(record, None) for a valid entry; (None, None) when absent; (None, BadEntry) when the
         file exists but fails a check (then the caller recomputes the cell)."""
         path = self._path(key)
-        if not path.is_file():
-            return None, None
         try:
-            doc = json.loads(path.read_text())
+            raw = self.folder.read(self._rel(key))
+            if raw is None:
+                return None, None
+            doc = json.loads(raw)
         except (OSError, ValueError) as exc:
             return None, BadEntry(path, f"not readable JSON ({exc})")
         if not isinstance(doc, dict) or doc.get("format") != FORMAT or not {"key", "sha256", "record"} <= set(doc):
@@ -83,7 +98,7 @@ class CellCache:
         """Write the entry for ``key`` atomically, with the record's checksum."""
         doc = to_dict(record)
         entry = {"format": FORMAT, "key": key, "sha256": record_digest(doc), "record": doc}
-        _paths.atomic_write_text(self._path(key), json.dumps(entry, allow_nan=True))
+        self.folder.write(self._rel(key), json.dumps(entry, allow_nan=True).encode())
 
     def __contains__(self, key: str) -> bool:
         return self.lookup(key)[0] is not None
