@@ -182,6 +182,9 @@ def _record(src: Record, res: CalibrationResult, preds: RunPredictions, cfg: Cal
         "temperature": res.temperature, "conformal_q": res.conformal_q, "alpha": res.alpha,
         "n_val": res.n_val, "reliability_before": res.reliability_before, "reliability_after": res.reliability_after,
         "risk_coverage": res.risk_coverage, "selective_risk": res.conformal["selective_risk"],
+        "coverage_ci_exact": [res.conformal.get("coverage_ci_low"), res.conformal.get("coverage_ci_high")],
+        "coverage_calibration_sd": res.conformal.get("coverage_calibration_sd"),
+        "temperature_nll_fit": res.extra.get("nll_temperature"), "kept_t1_on_val_ece": res.extra.get("kept_t1_on_val_ece"),
         "set_size_hist": res.extra.get("set_size_hist"), "source_metrics": {k: to_dict(v) for k, v in src.metrics.items()},
     }
     return Record(
@@ -252,7 +255,7 @@ def calibration_figure(records: Sequence[Record]) -> str:
 def calibration_table(records: Sequence[Record], results: Sequence[CalibrationResult]) -> str:
     """One row per cell: T, ECE/MCE/Brier before -> after (CIs on ECE), conformal coverage and abstention."""
     head = ("model", "protocol", "shots", "seed", "T", "ECE before", "ECE after", "MCE before", "MCE after",
-            "Brier before", "Brier after", "coverage (target)", "set size", "predicted (not abstained)",
+            "Brier before", "Brier after", "coverage [exact 95% CI] (target)", "set size", "predicted (not abstained)",
             "risk when predicted", "AURC before → after")
     out = ["<table><tr>" + "".join(f"<th>{_esc(h)}</th>" for h in head) + "</tr>"]
     for r, res in zip(records, results, strict=True):
@@ -265,7 +268,8 @@ def calibration_table(records: Sequence[Record], results: Sequence[CalibrationRe
             m["ece_before"].text(3, 2),
             f"<span class='{'bad' if worse else ''}'>{_esc(ece_after)}</span>",
             _fmt(m["mce_before"].value), _fmt(m["mce_after"].value), _fmt(m["brier_before"].value), _fmt(m["brier_after"].value),
-            f"<span class='{'bad' if off else ''}'>{_fmt(m['coverage'].value)}</span> ({1 - res.alpha:.2f})",
+            f"<span class='{'bad' if off else ''}'>{_fmt(m['coverage'].value)}</span> "
+            f"[{_fmt(res.conformal.get('coverage_ci_low'), 2)}, {_fmt(res.conformal.get('coverage_ci_high'), 2)}] ({1 - res.alpha:.2f})",
             _fmt(m["set_size"].value, 2), _fmt(m["singleton_rate"].value, 2), _fmt(res.conformal["selective_risk"]),
             f"{_fmt(m['aurc_before'].value)} → {_fmt(m['aurc_after'].value)}",
         ]
@@ -277,13 +281,23 @@ def calibration_section(records: Sequence[Record], results: Sequence[Calibration
     """The calibration section (for a standalone page or a bench report's ``extra_sections``)."""
     n_worse = sum(r.metrics["ece_after"].value > r.metrics["ece_before"].value + 1e-12 for r in records)
     n_off = sum(abs(res.coverage_gap) > 0.02 for res in results)
+    n_out = sum(not (res.conformal.get("coverage_ci_low", 0) <= 1 - res.alpha <= res.conformal.get("coverage_ci_high", 1))
+                for res in results)
+    sd = [res.conformal.get("coverage_calibration_sd") for res in results if res.conformal.get("coverage_calibration_sd")]
+    n_val = sorted({res.n_val for res in results})
     return (
         "<section id='calibration'><h2>Calibration and abstention</h2>"
         f"<p class='note'>Temperature and the split-conformal threshold (LAC score, alpha = {cfg.alpha}) are fitted on "
         "the validation split; every number is on the test split. The selective classifier predicts only when the "
         "conformal set holds exactly one class. "
         f"ECE rose after scaling in {n_worse} of {len(records)} cells; test coverage is more than 2 points from the "
-        f"target in {n_off} of {len(records)}.</p>"
+        f"target in {n_off} of {len(records)}, and the target lies outside the coverage's exact 95% binomial CI in "
+        f"{n_out} of {len(records)}. Temperature: fitted by NLL on val and kept only when it does not raise the val "
+        "ECE (else T = 1), so a rise on test is a val/test disagreement, reported as it is. Finite samples: with "
+        f"{n_val} calibration (val) samples, the coverage a single calibration set gives has sd "
+        f"{(max(sd) if sd else float('nan')) * 100:.1f} points (Beta law), before the test set's own binomial noise; "
+        "'within 2 points' cannot be guaranteed at this size, the marginal guarantee (>= 1 - alpha on average) "
+        "is what split conformal promises.</p>"
         + calibration_table(records, results)
         + f"<img alt='reliability and risk-coverage' src='{calibration_figure(records)}'></section>"
     )
@@ -395,26 +409,76 @@ def explanation_records(expl: Any, cfg: Any) -> list[Record]:
     return out
 
 
+def _volume(image: np.ndarray) -> np.ndarray:
+    """(C, Z, Y, X) or (Z, Y, X) -> (Z, Y, X) float (channels averaged)."""
+    a = np.asarray(image, dtype=np.float32)
+    return a.mean(axis=0) if a.ndim == 4 else a
+
+
+def resize_map(heat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A 2D / 3D map resized (bilinear / trilinear) to ``shape``, the input's own grid."""
+    import torch
+    import torch.nn.functional as F
+
+    if tuple(heat.shape) == tuple(shape):
+        return np.asarray(heat, dtype=np.float32)
+    mode = "trilinear" if len(shape) == 3 else "bilinear"
+    t = torch.as_tensor(np.asarray(heat, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=tuple(shape), mode=mode, align_corners=False)[0, 0].numpy()
+
+
+def write_nifti_map(heat: np.ndarray, image: np.ndarray, path: Path, source: Any = None) -> Path:
+    """A 3D map as NIfTI on the input's voxel grid, with the input file's geometry (affine) when
+    ``source`` (its ``medfm.io.Image``) is given, else a 1 mm identity grid (dataset volumes)."""
+    from medfm.io.image import Image
+    from medfm.io.nifti import write_nifti
+
+    vol = _volume(image)
+    full = resize_map(heat, vol.shape)[None]
+    img = source.with_array(full) if source is not None else Image(array=full, spacing=(1.0, 1.0, 1.0))
+    return write_nifti(img, path, overwrite=True)
+
+
+def _overlay_and_nifti(expl: Any, i: int, m: str, out_dir: Path) -> tuple[np.ndarray, str]:
+    """The PNG overlay of image ``i``'s map (for 3D: the axial slice with the most map mass, and
+    the whole map written as NIfTI) and a caption."""
+    heat = expl.maps[m][i]
+    if heat.ndim == 2:
+        return overlay_rgb(expl.images[i], heat), ""
+    src = expl.sources[i] if getattr(expl, "sources", None) else None
+    write_nifti_map(heat, expl.images[i], out_dir / m / f"{expl.names[i]}.nii.gz", src)
+    vol = _volume(expl.images[i])
+    full = resize_map(heat, vol.shape)
+    k = int(full.reshape(full.shape[0], -1).sum(axis=1).argmax())
+    return overlay_rgb(vol[k], full[k]), f" (slice {k} of {vol.shape[0]})"
+
+
+def _thumb(rgb: np.ndarray, size: int = 112) -> str:
+    import base64
+    import io
+
+    from PIL import Image as PILImage
+
+    buf = io.BytesIO()
+    PILImage.fromarray(rgb).resize((size, size), PILImage.NEAREST).save(buf, format="PNG")
+    return f"data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"
+
+
 def write_explanations(expl: Any, cfg: Any, out: str | Path, force: bool = False) -> Path:
-    """``out/<method>/<name>.png`` overlays, ``out/maps.npz`` (raw maps), ``out/results.json``
-    (sanity numbers as Records) and ``out/explain.html`` (grid + sanity table)."""
+    """``out/<method>/<name>.png`` overlays (3D: also ``<name>.nii.gz``, the map on the input's grid
+    and affine), ``out/maps.npz`` (raw maps), ``out/results.json`` (sanity numbers as Records)
+    and ``out/explain.html`` (grid + sanity table)."""
     from PIL import Image as PILImage
 
     out_dir = prepare_out_dir(out, force=force)
     grid_rows = []
     for i, name in enumerate(expl.names):
         cells = [f"<td>{_esc(name)}<br>{_esc(expl.label_names[int(expl.target[i])])} ({expl.prob[i].max():.2f})</td>"]
-        for m, maps in expl.maps.items():
+        for m in expl.maps:
             (out_dir / m).mkdir(exist_ok=True)
-            rgb = overlay_rgb(expl.images[i], maps[i])
-            path = out_dir / m / f"{name}.png"
-            PILImage.fromarray(rgb).save(path)
-            import base64
-            import io
-
-            buf = io.BytesIO()
-            PILImage.fromarray(rgb).resize((112, 112), PILImage.NEAREST).save(buf, format="PNG")
-            cells.append(f"<td><img alt='{_esc(m)}' src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'></td>")
+            rgb, caption = _overlay_and_nifti(expl, i, m, out_dir)
+            PILImage.fromarray(rgb).save(out_dir / m / f"{name}.png")
+            cells.append(f"<td><img alt='{_esc(m)}' src='{_thumb(rgb)}'>{_esc(caption)}</td>")
         grid_rows.append("<tr>" + "".join(cells) + "</tr>")
     np.savez_compressed(out_dir / "maps.npz", **{m: v for m, v in expl.maps.items()})
     records = explanation_records(expl, cfg)
@@ -441,12 +505,49 @@ def write_explanations(expl: Any, cfg: Any, out: str | Path, force: bool = False
     return out_dir
 
 
+def explanation_grid_section(expls: Sequence[Any], n_images: int = 4) -> str:
+    """A bench-report section: per model, the first ``n_images`` maps of each method and its
+    sanity numbers (for ``medfm.report.build_report(..., extra_sections=[...])``)."""
+    from medfm.report.html import section
+
+    rows = []
+    for e in expls:
+        for m, maps in e.maps.items():
+            cells = []
+            for i in range(min(n_images, len(e.names))):
+                heat = maps[i]
+                if heat.ndim == 3:
+                    vol = _volume(e.images[i])
+                    full = resize_map(heat, vol.shape)
+                    k = int(full.reshape(full.shape[0], -1).sum(axis=1).argmax())
+                    rgb = overlay_rgb(vol[k], full[k])
+                else:
+                    rgb = overlay_rgb(e.images[i], heat)
+                label = e.label_names[int(e.target[i])]
+                cells.append(f"<td><img alt='{_esc(m)}' src='{_thumb(rgb, 96)}'><br>{_esc(label)} ({e.prob[i].max():.2f})</td>")
+            s = e.sanity.get(m)
+            check = "" if s is None else (
+                f"rank corr. {_fmt(s.rank_corr)} ({'pass' if s.randomisation_passed else 'FAIL'}); deletion "
+                f"{_fmt(s.deletion_auc)} vs random {_fmt(s.deletion_auc_random)}; insertion {_fmt(s.insertion_auc)} vs "
+                f"random {_fmt(s.insertion_auc_random)}")
+            rows.append(f"<tr><td>{_esc(e.model)}</td><td>{_esc(m)}</td>{''.join(cells)}<td>{_esc(check)}</td></tr>")
+    body = (
+        "<p class='note'>Each model's image tower + a linear probe fitted on the dataset's train embeddings (C on val); "
+        "maps explain the predicted class (3D: the axial slice with the most map mass). Sanity: rank correlation with "
+        "the weight-randomised model's maps (must be low) and deletion / insertion AUC against a random order.</p>"
+        f"<table><tr><th>model</th><th>method</th>{'<th>sample</th>' * n_images}<th>sanity</th></tr>{''.join(rows)}</table>"
+    )
+    return section("explanations", "Explanations (sample grid per model)", body)
+
+
 # --------------------------------------------------------------------------------------
 # federated
 # --------------------------------------------------------------------------------------
-def federated_records(result: Any, dataset: str, checksum: str | None, dp_runs: Sequence[Any] = (), n_test: int = 0) -> list[Record]:
+def federated_records(result: Any, dataset: str, checksum: str | None, dp_runs: Sequence[Any] = (), n_test: int = 0,
+                      model: str = "medfm/small-cnn") -> list[Record]:
     """Records for the federated benchmark: one per arm (protocol ``federated/<strategy>``,
-    ``centralised``, ``site_<i>``) and one per DP epsilon (``federated/<strategy>+dp(eps=E)``)."""
+    ``centralised``, ``site_<i>``) and one per DP epsilon (``federated/<strategy>+dp(eps=E)``);
+    ``model`` is the small CNN or the frozen encoder whose embeddings a linear head was trained on."""
     from medfm.results import make_provenance
 
     cfg = result.config
@@ -457,8 +558,10 @@ def federated_records(result: Any, dataset: str, checksum: str | None, dp_runs: 
                                site_sizes=result.site_sizes, site_label_counts=result.site_label_counts)
         extra = {"best_round": arm.best_round, "val_auroc_per_round": arm.val_auroc, "n_train": arm.n_train,
                  "epsilon_per_site": arm.epsilon, "noise_multiplier_per_site": arm.noise_multiplier,
-                 "dp_epsilon_target": run_cfg.dp_epsilon if "+dp" in protocol else None}
-        return Record(dataset=dataset, split="test", model="medfm/small-cnn", protocol=protocol, metrics=dict(arm.metrics),
+                 "dp_epsilon_target": run_cfg.dp_epsilon if "+dp" in protocol else None,
+                 "best_val_auroc": arm.best_val_auroc, "chosen": arm.chosen,
+                 "head": "linear on frozen embeddings" if model != "medfm/small-cnn" else "small CNN"}
+        return Record(dataset=dataset, split="test", model=model, protocol=protocol, metrics=dict(arm.metrics),
                       seed=run_cfg.seed, n=n_test, seconds=round(arm.seconds, 3), provenance=prov, extra=to_dict(extra))
 
     for name, arm in result.arms.items():
@@ -470,8 +573,9 @@ def federated_records(result: Any, dataset: str, checksum: str | None, dp_runs: 
     return out
 
 
-def federated_page(records: Sequence[Record]) -> str:
-    """Table (AUROC with CIs per arm, per-site epsilon) and the privacy-utility curve."""
+def federated_page(records: Sequence[Record], goal: dict[str, Any] | None = None) -> str:
+    """Table (AUROC with CIs per arm, per-site epsilon, the val-chosen settings), the goal with
+    paired CIs, and the privacy-utility curve."""
     rows = []
     for r in records:
         m = r.metrics.get("auroc")
@@ -479,8 +583,16 @@ def federated_page(records: Sequence[Record]) -> str:
         rows.append(
             f"<tr><td>{_esc(r.protocol)}</td><td>{_fmt(m.value if m else None)} [{_fmt(m.ci_low if m else None, 2)}, "
             f"{_fmt(m.ci_high if m else None, 2)}]</td><td>{r.extra.get('n_train')}</td><td>{r.extra.get('best_round')}</td>"
-            f"<td>{_esc(r.extra.get('dp_epsilon_target') or '')}</td><td>{_esc(', '.join(f'{e:.2f}' for e in eps))}</td></tr>"
+            f"<td>{_esc(r.extra.get('dp_epsilon_target') or '')}</td><td>{_esc(', '.join(f'{e:.2f}' for e in eps))}</td>"
+            f"<td>{_fmt(r.extra.get('best_val_auroc'))}</td><td>{_esc(r.extra.get('chosen') or '')}</td></tr>"
         )
+    goal_html = ""
+    for k, g in (goal or {}).items():
+        ci = f" [{_fmt(g['ci'][0])}, {_fmt(g['ci'][1])}]" if g.get("ci") else ""
+        cls = "" if g.get("met") else " class='bad'"
+        goal_html += f"<li{cls}>{_esc(k)}: {_fmt(g['value'])}{ci} ({'met' if g.get('met') else 'not met'})</li>"
+    if goal_html:
+        goal_html = f"<h2>Goal (paired bootstrap 95% CIs over the test set)</h2><ul>{goal_html}</ul>"
     dp = sorted((r.extra["dp_epsilon_target"], r.metrics["auroc"].value) for r in records if r.extra.get("dp_epsilon_target"))
     fig = ""
     if dp:
@@ -498,9 +610,12 @@ def federated_page(records: Sequence[Record]) -> str:
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>medfm federated report</title>"
         f"<style>{_CSS}</style></head><body><h1>Federated training</h1>"
         f"<p class='note'>Sites (label counts): {_esc(prov.get('site_label_counts'))}. Every arm keeps its best round by "
-        "validation AUROC; test AUROC with 95% bootstrap CI.</p>"
+        "validation AUROC and its settings from the grid by validation AUROC (test is scored once, for the chosen "
+        "settings); test AUROC with 95% bootstrap CI. Epsilon is per training run: choosing among k DP runs on "
+        "validation composes their privacy (at most k times epsilon per site in the worst case).</p>"
         "<table><tr><th>arm</th><th>test AUROC [95% CI]</th><th>training images</th><th>best round</th>"
-        f"<th>target epsilon</th><th>epsilon per site (accountant)</th></tr>{''.join(rows)}</table>{fig}</body></html>\n"
+        "<th>target epsilon</th><th>epsilon per site (accountant)</th><th>val AUROC</th><th>chosen on val</th></tr>"
+        f"{''.join(rows)}</table>{goal_html}{fig}</body></html>\n"
     )
 
 

@@ -147,3 +147,47 @@ def test_binary_probe_head_explains_both_classes() -> None:
     # (Grad-CAM may rightly be all zero here: every feature is evidence against class 0)
     maps, _ = ex.explain(model, x, "integrated_gradients", target=np.zeros(4, dtype=int))
     assert (maps.reshape(4, -1).max(axis=1) > 0).all()
+
+
+def test_3d_maps_written_as_nifti_with_the_input_affine(tmp_path: Path) -> None:
+    """A 3D classifier's maps: every method runs on volumes; the NIfTI map sits on the input's grid and affine."""
+    import nibabel as nib
+    import torch
+    from torch import nn
+
+    from medfm.io import read_image
+    from medfm.report.trust import explanation_grid_section, write_explanations
+
+    torch.manual_seed(0)
+    tower = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 4, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool3d(1), nn.Flatten())
+    model = ex.build_classifier(tower, np.zeros(4), np.ones(4), np.eye(2, 4), np.zeros(2)).eval()
+    affine = np.array([[0.0, -1.5, 0, 20], [2.0, 0, 0, -30], [0, 0, 3.0, 5], [0, 0, 0, 1]])
+    vol = np.random.default_rng(0).random((10, 12, 8)).astype(np.float32)  # (i, j, k) on disk
+    nib.save(nib.Nifti1Image(vol, affine), tmp_path / "case.nii.gz")
+    img = read_image(tmp_path / "case.nii.gz")
+    x = torch.as_tensor(np.asarray(img.array, dtype=np.float32))[None]
+    x = nn.functional.interpolate(x, size=(8, 8, 8), mode="trilinear")  # the model's own grid differs from the file's
+    maps = {}
+    for m in ("gradcam", "integrated_gradients", "occlusion"):
+        maps[m], target = ex.explain(model, x, m)
+        assert maps[m].shape == (1, 8, 8, 8)
+    with torch.no_grad():
+        prob = torch.softmax(model(x), 1).numpy()
+    expl = ex.Explanation("tiny3d", "toy", [np.asarray(img.array)], ["case"], maps, target, prob, ("a", "b"), {"C": 1.0},
+                          sources=[img])
+    cfg = ex.ExplainConfig(methods=tuple(maps), sanity=False)
+    out = write_explanations(expl, cfg, tmp_path / "out")
+    for m in maps:
+        nii = nib.load(out / m / "case.nii.gz")
+        assert nii.shape == vol.shape
+        assert np.allclose(nii.affine, affine, atol=1e-4)
+        assert (out / m / "case.png").is_file()
+    assert "slice" in (out / "explain.html").read_text()
+    html = explanation_grid_section([expl], n_images=1)
+    assert html.count("<img") == 3 and "tiny3d" in html
+
+
+def test_probe_refuses_model_and_dataset_of_different_ndim(shared_data: Path) -> None:
+    with pytest.raises(ConfigError, match="takes 2D inputs but dataset 'adrenalmnist3d' is 3D"):
+        ex.probe_classifier("test/resnet-tiny-timm", "adrenalmnist3d", str(shared_data))

@@ -118,3 +118,56 @@ def test_cli_federated_bad_site_and_small_run(shared_data, tmp_path, capsys) -> 
     eps = doc["arms"]["federated/fedavg+dp(eps=8)"]["epsilon_per_site"]
     assert len(eps) == 2 and all(0 < e <= 8.05 for e in eps)
     assert "privacy-utility" in (out / "report.html").read_text()
+
+
+def test_parse_grid_types_and_bad_keys() -> None:
+    from medfm.errors import ConfigError
+
+    g = fed.parse_grid("lr=1e-3, 3e-3; local_epochs=1,2;batch_size=16")
+    assert g == {"lr": [1e-3, 3e-3], "local_epochs": [1, 2], "batch_size": [16]}
+    assert isinstance(g["local_epochs"][0], int)
+    with pytest.raises(ConfigError, match="seed"):
+        fed.parse_grid("seed=1,2")
+    with pytest.raises(ConfigError, match="bad value"):
+        fed.parse_grid("lr=fast")
+
+
+def test_select_on_val_picks_by_val_and_scores_test_once(monkeypatch) -> None:
+    calls = []
+    real = fed.score_arm
+    monkeypatch.setattr(fed, "score_arm", lambda arm, data, cfg: calls.append(arm.name) or real(arm, data, cfg))
+    cfg = fed.FederatedConfig(sites=2, alpha=1.0, rounds=2, n_boot=20)
+    # lr 1e-7 cannot learn in 2 rounds: every arm must pick lr 3e-3 on val
+    res = fed.select_on_val(_splits(), cfg, {"lr": [1e-7, 3e-3]})
+    assert sorted(calls) == sorted(res.arms)  # test scored once per arm, for its chosen point only
+    for name, arm in res.arms.items():
+        assert arm.chosen == {"lr": 3e-3}, name
+        rows = res.selection[name]
+        assert [r["lr"] for r in rows] == [1e-7, 3e-3] and rows[1]["val_auroc"] > rows[0]["val_auroc"]
+    assert res.config.lr == 3e-3 and res.arms["federated"].metrics["auroc"].value > 0.9
+    goal = fed.goal_check(res, _splits().test_y, "binary", n_boot=50)
+    r = goal["ratio_to_centralised"]
+    assert r["ci"][0] <= r["value"] <= r["ci"][1] and r["met"] == (r["value"] >= 0.95)
+    assert "minus_mean_single_site" in goal
+
+
+def test_linear_head_on_features_with_dp() -> None:
+    from medfm.tasks.classification import FeatureSplits
+
+    rng = np.random.default_rng(0)
+
+    def feats(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, 2, n)
+        z = rng.normal(size=(n, 16)).astype(np.float32)
+        z[:, 0] += 2.0 * (2 * y - 1)
+        return z / np.linalg.norm(z, axis=1, keepdims=True), y
+
+    (a, b), (c, d), (e, f) = feats(300), feats(100), feats(100)
+    data = FeatureSplits(a, b, c, d, e, f, label_names=("a", "b"), task="binary")
+    assert isinstance(fed.build_model(a, 2), __import__("torch").nn.Linear)
+    cfg = fed.FederatedConfig(sites=2, alpha=1.0, rounds=3, lr=0.5, optimizer="sgd", dp_epsilon=8.0, batch_size=32,
+                              centralised=False, single_sites=False, n_boot=0)
+    res = fed.run_federated(data, cfg)
+    arm = res.arms["federated"]
+    assert arm.metrics["auroc"].value > 0.85
+    assert all(0 < e <= 8.05 for e in arm.epsilon)

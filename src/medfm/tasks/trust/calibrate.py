@@ -154,12 +154,23 @@ def calibrate(
         metrics=metrics, temperature=temperature, alpha=cfg.alpha, conformal_q=q, n_val=int(len(vy)), n_test=int(len(ty)),
         before=cal.calibration_metrics(ty, ts, cfg.n_bins), after=cal.calibration_metrics(ty, ts_t, cfg.n_bins),
         val_before=cal.calibration_metrics(vy, vs, cfg.n_bins), val_after=cal.calibration_metrics(vy, vs_t, cfg.n_bins),
-        conformal=cal.conformal_metrics(ty, sets, ts_t), risk_coverage=curves,
+        conformal=_conformal_with_ci(ty, sets, ts_t, len(vy), cfg.alpha), risk_coverage=curves,
         reliability_before=reliability_bins(ty, ts, cfg.n_bins, task=task),
         reliability_after=reliability_bins(ty, ts_t, cfg.n_bins, task=task),
         extra={"set_size_hist": np.bincount(sets.sum(axis=1), minlength=ts.shape[1] + 1).tolist(),
                "nll_temperature": fitted, "kept_t1_on_val_ece": temperature != fitted},
     )
+
+
+def _conformal_with_ci(ty: np.ndarray, sets: np.ndarray, probs: np.ndarray, n_cal: int, alpha: float) -> dict[str, float]:
+    """Conformal metrics plus the coverage's exact binomial 95% CI on the test set and the
+    Beta spread (sd) that ``n_cal`` calibration samples allow (see ``cal.conformal_coverage_law``)."""
+    out = cal.conformal_metrics(ty, sets, probs)
+    covered = int(sets[np.arange(len(ty)), np.asarray(ty).astype(np.int64)].sum())
+    out["coverage_ci_low"], out["coverage_ci_high"] = cal.coverage_ci(covered, len(ty))
+    law = cal.conformal_coverage_law(n_cal, alpha)
+    out["coverage_expected"], out["coverage_calibration_sd"] = law["mean"], law["sd"]
+    return out
 
 
 def summary_row(result: CalibrationResult) -> dict[str, float]:

@@ -390,6 +390,7 @@ class Explanation:
     label_names: tuple[str, ...]
     probe: dict[str, Any]
     sanity: dict[str, SanityResult] = field(default_factory=dict)
+    sources: list[Any] | None = None  # medfm.io.Image per input file (its geometry for NIfTI maps), else None
 
 
 def check_explainable(tower: Any, methods: tuple[str, ...], model_id: str) -> None:
@@ -417,9 +418,6 @@ def probe_classifier(model_id: str, dataset: str, data_dir: str | None = None, s
 
     adapter = create_model(model_id)
     adapter.require("image_encoder", "medfm explain")
-    if adapter.card.input_ndim != 2:
-        raise ConfigError(f"medfm explain: model '{adapter.card.id}' takes {adapter.card.input_ndim}D inputs; explanations "
-                          "here cover 2D image encoders")
     try:
         tower = adapter.trainable_module()
     except NotImplementedError as exc:
@@ -428,6 +426,9 @@ def probe_classifier(model_id: str, dataset: str, data_dir: str | None = None, s
     ds = load_dataset(dataset, data_dir)
     if ds.card.task not in ("classification", "ordinal"):
         raise ConfigError(f"medfm explain: dataset '{dataset}' is a {ds.card.task} dataset; the probe needs single-label classes")
+    if ds.card.ndim != adapter.card.input_ndim:
+        raise ConfigError(f"medfm explain: model '{adapter.card.id}' takes {adapter.card.input_ndim}D inputs but dataset "
+                          f"'{dataset}' is {ds.card.ndim}D")
     cache = EmbeddingCache()
     z, y = {}, {}
     for s in ("train", "val"):
@@ -444,8 +445,9 @@ def probe_classifier(model_id: str, dataset: str, data_dir: str | None = None, s
 
 
 def explain_images(model_id: str, dataset: str, images: list[np.ndarray] | None = None, names: list[str] | None = None,
-                   cfg: ExplainConfig | None = None, data_dir: str | None = None) -> Explanation:
-    """Explain ``images`` (default: the first ``cfg.n`` of the dataset's ``cfg.split``) with each method."""
+                   cfg: ExplainConfig | None = None, data_dir: str | None = None, sources: list[Any] | None = None) -> Explanation:
+    """Explain ``images`` (default: the first ``cfg.n`` of the dataset's ``cfg.split``) with each method;
+    2D images or 3D volumes, as the model takes. ``sources``: the files' ``medfm.io.Image`` (NIfTI maps keep their geometry)."""
     from medfm.data import load_dataset
 
     cfg = cfg or ExplainConfig()
@@ -473,4 +475,4 @@ def explain_images(model_id: str, dataset: str, images: list[np.ndarray] | None 
             di = deletion_insertion(clf, x, maps[m], target, steps=cfg.steps, seed=cfg.seed)
             sanity[m] = SanityResult(m, rho, per, ok, **di, extra={"max_rank_corr": cfg.max_rank_corr, "steps": cfg.steps})
     return Explanation(adapter.card.id, dataset, list(images), list(names or [f"input_{i}" for i in range(len(images))]),
-                       maps, target, prob, tuple(probe["label_names"]), probe, sanity)
+                       maps, target, prob, tuple(probe["label_names"]), probe, sanity, sources)

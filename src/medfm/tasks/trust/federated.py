@@ -16,6 +16,16 @@ With ``cfg.dp_epsilon`` each site trains with Opacus DP-SGD (per-sample clipping
 ``max_grad_norm``, Gaussian noise calibrated by Opacus to reach ``dp_epsilon`` at ``dp_delta``
 over all its local steps); the per-site epsilon reported is the one Opacus' accountant gives.
 
+Frozen features: when the splits hold embeddings (N, D) instead of images, each site trains a
+linear head on them (``embed_splits`` computes L2-normalised embeddings of a frozen encoder,
+per sample, so no statistic crosses sites). DP-SGD on a linear head over frozen features is the
+standard remedy for DP's utility loss (Tramer & Boneh 2021; De et al. 2022).
+
+``select_on_val(data, cfg, grid)`` tunes every arm on the validation split only: each arm
+(federated, centralised, each site) is trained at every grid point (e.g. ``lr`` x
+``local_epochs``; for DP also ``max_grad_norm`` x ``batch_size``), keeps the point with its best
+validation AUROC, and only that one is scored on test (once).
+
 ``FlowerSite`` wraps one site as a Flower ``NumPyClient`` (the same local training), and
 ``run_flower_grpc`` runs server and clients over gRPC on loopback (Flower 1.42 API).
 """
@@ -61,6 +71,7 @@ class FederatedConfig:
     single_sites: bool = True
     centralised: bool = True
     n_boot: int = 1000
+    score_test: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -110,6 +121,15 @@ def check_sites(parts: list[np.ndarray], min_samples: int = 1) -> None:
 # --------------------------------------------------------------------------------------
 # model and local training
 # --------------------------------------------------------------------------------------
+def build_model(x: np.ndarray, n_classes: int) -> Any:
+    """The model for these inputs: a linear head on features (N, D), else ``build_cnn`` on images."""
+    from torch import nn
+
+    if x.ndim == 2:
+        return nn.Linear(x.shape[1], n_classes)
+    return build_cnn(x.shape[1], n_classes, x.shape[-1])
+
+
 def build_cnn(in_channels: int, n_classes: int, size: int) -> Any:
     """A small CNN without batch norm (Opacus needs per-sample gradients): 2 conv blocks + MLP."""
     from torch import nn
@@ -126,6 +146,8 @@ def _tensor(x: np.ndarray) -> Any:
     import torch
 
     t = torch.as_tensor(np.ascontiguousarray(x))
+    if x.ndim == 2:  # features: used as they are (embed_splits normalises them per sample)
+        return t.float()
     t = t.float() / 255.0 if x.dtype == np.uint8 else t.float()
     return (t - 0.5) / 0.5
 
@@ -249,6 +271,10 @@ class ArmResult:
     epsilon: list[float | None] = field(default_factory=list)
     noise_multiplier: list[float | None] = field(default_factory=list)
     seconds: float = 0.0
+    best_val_auroc: float = float("nan")
+    chosen: dict[str, Any] = field(default_factory=dict)  # the grid point select_on_val kept
+    weights: list[np.ndarray] | None = field(default=None, repr=False)  # best-round weights (not stored)
+    test_scores: np.ndarray | None = field(default=None, repr=False)  # test probabilities (for paired CIs)
 
 
 @dataclass
@@ -259,6 +285,7 @@ class FederatedResult:
     arms: dict[str, ArmResult]
     site_sizes: list[int]
     site_label_counts: list[list[int]]
+    selection: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # arm -> [{point, val_auroc}]
 
     def ratio_to_centralised(self, metric: str = "auroc") -> float | None:
         if "centralised" not in self.arms:
@@ -271,12 +298,9 @@ def _train_arm(name: str, site_data: list[tuple[np.ndarray, np.ndarray]], data: 
     """Rounds of (local training at each site, size-weighted average); best round on val."""
     import torch
 
-    from medfm.metrics.classification import compute_metrics
-
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    x0 = data.train_x
-    model = build_cnn(x0.shape[1], data.n_classes, x0.shape[-1])
+    model = build_model(data.train_x, data.n_classes)
     sites = [Site(x, y, model, cfg, cfg.seed + 1000 * i, rounds * cfg.local_epochs) for i, (x, y) in enumerate(site_data)]
     glob = get_weights(model)
     best = (-math.inf, 0, glob)
@@ -289,10 +313,60 @@ def _train_arm(name: str, site_data: list[tuple[np.ndarray, np.ndarray]], data: 
         vals.append(round(v, 4))
         if v > best[0]:
             best = (v, r + 1, glob)
-    set_weights(model, best[2])
-    metrics = compute_metrics(data.test_y, _probs(model, data.test_x), data.task, n_boot=cfg.n_boot, seed=cfg.seed)
-    return ArmResult(name, metrics, best[1], vals, sum(s.n for s in sites), [s.epsilon() for s in sites],
-                     [s.noise_multiplier for s in sites], time.perf_counter() - t0)
+    arm = ArmResult(name, {}, best[1], vals, sum(s.n for s in sites), [s.epsilon() for s in sites],
+                    [s.noise_multiplier for s in sites], time.perf_counter() - t0, best_val_auroc=float(best[0]), weights=best[2])
+    if cfg.score_test:
+        score_arm(arm, data, cfg)
+    return arm
+
+
+def score_arm(arm: ArmResult, data: Any, cfg: FederatedConfig) -> ArmResult:
+    """Test metrics (bootstrap CIs) of the arm's best-round weights, filled into ``arm.metrics``."""
+    from medfm.metrics.classification import compute_metrics
+
+    model = build_model(data.train_x, data.n_classes)
+    set_weights(model, arm.weights)
+    arm.test_scores = _probs(model, data.test_x)
+    arm.metrics = compute_metrics(data.test_y, arm.test_scores, data.task, n_boot=cfg.n_boot, seed=cfg.seed)
+    return arm
+
+
+def goal_check(result: FederatedResult, test_y: np.ndarray, task: str, n_boot: int = 1000, seed: int = 0,
+               ratio: float = 0.95) -> dict[str, Any]:
+    """The issue's goal with paired bootstrap CIs over the test set (all arms resampled together):
+    federated / centralised AUROC (met when >= ``ratio``) and federated minus the mean single-site AUROC (> 0)."""
+    from medfm.metrics.bootstrap import bootstrap_cis
+    from medfm.metrics.classification import point_metric
+
+    names = [n for n in ("federated", "centralised") if n in result.arms] + sorted(n for n in result.arms if n.startswith("site_"))
+    if any(result.arms[n].test_scores is None for n in names):
+        raise ConfigError("federated: goal_check needs scored arms (score_test)")
+    c = result.arms[names[0]].test_scores.shape[1]
+    stacked = np.hstack([result.arms[n].test_scores for n in names])
+    col = {n: slice(i * c, (i + 1) * c) for i, n in enumerate(names)}
+    sites = [n for n in names if n.startswith("site_")]
+
+    def auc(y: np.ndarray, st: np.ndarray, n: str) -> float:
+        return point_metric("auroc", y, st[:, col[n]], task)
+
+    fns: dict[str, Any] = {}
+    if "centralised" in col:
+        fns["ratio_to_centralised"] = lambda y, st: auc(y, st, "federated") / auc(y, st, "centralised")
+    if sites:
+        fns["minus_mean_single_site"] = lambda y, st: auc(y, st, "federated") - float(np.mean([auc(y, st, n) for n in sites]))
+    y = np.asarray(test_y).reshape(-1)
+    cis = bootstrap_cis(fns, y, stacked, n_boot=n_boot, seed=seed, stratify=y) if n_boot else {}
+    out: dict[str, Any] = {}
+    for k, fn in fns.items():
+        v = float(fn(y, stacked))
+        ci = cis.get(k)
+        out[k] = {"value": v, "ci": [ci.low, ci.high] if ci else None}
+    if "ratio_to_centralised" in out:
+        out["ratio_to_centralised"]["met"] = out["ratio_to_centralised"]["value"] >= ratio
+        out["ratio_to_centralised"]["target"] = ratio
+    if "minus_mean_single_site" in out:
+        out["minus_mean_single_site"]["met"] = out["minus_mean_single_site"]["value"] > 0
+    return out
 
 
 def run_federated(data: Any, cfg: FederatedConfig | None = None) -> FederatedResult:
@@ -300,8 +374,10 @@ def run_federated(data: Any, cfg: FederatedConfig | None = None) -> FederatedRes
     cfg = cfg or FederatedConfig()
     if data.task == "multilabel":
         raise ConfigError("federated: label-skew splits need single-label classes")
-    if data.train_x.ndim != 4 or data.train_x.shape[-1] != data.train_x.shape[-2] or data.train_x.shape[-1] % 4:
-        raise InputError(f"federated: needs square 2D images with a side divisible by 4, got {data.train_x.shape[1:]}")
+    if data.train_x.ndim != 2 and (data.train_x.ndim != 4 or data.train_x.shape[-1] != data.train_x.shape[-2]
+                                   or data.train_x.shape[-1] % 4):
+        raise InputError(f"federated: needs features (N, D) or square 2D images with a side divisible by 4, "
+                         f"got {data.train_x.shape[1:]}")
     parts = dirichlet_split(data.train_y, cfg.sites, cfg.alpha, cfg.seed, cfg.size_skew)
     check_sites(parts)
     site_data = [(data.train_x[p], data.train_y[p]) for p in parts]
@@ -318,9 +394,108 @@ def run_federated(data: Any, cfg: FederatedConfig | None = None) -> FederatedRes
     return FederatedResult(cfg, arms, [len(p) for p in parts], counts)
 
 
+GRID_KEYS = ("lr", "local_epochs", "rounds", "max_grad_norm", "batch_size", "optimizer", "mu")
+
+
+def parse_grid(text: str | None) -> dict[str, list[Any]]:
+    """``"lr=1e-3,3e-3;local_epochs=1,2"`` -> ``{"lr": [0.001, 0.003], "local_epochs": [1, 2]}`` (typed by the config field)."""
+    if not text:
+        return {}
+    types = {f.name: f.type for f in dataclasses.fields(FederatedConfig)}
+    grid: dict[str, list[Any]] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        key, sep, vals = part.partition("=")
+        key = key.strip()
+        if not sep or key not in GRID_KEYS:
+            raise ConfigError(f"federated grid: expected KEY=V1,V2 with KEY in {list(GRID_KEYS)}, got {part!r}")
+        cast = {"int": int, "float": float}.get(str(types[key]), str)
+        try:
+            grid[key] = [cast(v.strip()) for v in vals.split(",") if v.strip()]
+        except ValueError as exc:
+            raise ConfigError(f"federated grid: bad value in {part!r} ({exc})") from exc
+        if not grid[key]:
+            raise ConfigError(f"federated grid: no values for {key!r}")
+    return grid
+
+
+def select_on_val(data: Any, cfg: FederatedConfig, grid: dict[str, list[Any]] | None = None,
+                  log: Any = None) -> FederatedResult:
+    """Every arm tuned over ``grid`` on the validation split, then scored on test once (module doc).
+
+    The split into sites depends only on ``cfg.seed``, so every grid point sees the same sites.
+    The federated arm's chosen point becomes ``result.config``; each arm's is in ``arm.chosen``
+    and the whole table (val AUROC per point) in ``result.selection``.
+    """
+    import itertools
+
+    grid = {k: list(v) for k, v in (grid or {}).items() if v}
+    bad = sorted(set(grid) - set(GRID_KEYS))
+    if bad:
+        raise ConfigError(f"federated: cannot tune {bad} (tunable: {list(GRID_KEYS)})")
+    points = [dict(zip(grid, vals, strict=True)) for vals in itertools.product(*grid.values())] or [{}]
+    best: dict[str, tuple[float, dict[str, Any], ArmResult]] = {}
+    table: dict[str, list[dict[str, Any]]] = {}
+    first: FederatedResult | None = None
+    for point in points:
+        run_cfg = dataclasses.replace(cfg, score_test=False, **point)
+        res = run_federated(data, run_cfg)
+        first = first or res
+        for name, arm in res.arms.items():
+            table.setdefault(name, []).append({**point, "val_auroc": round(arm.best_val_auroc, 4), "best_round": arm.best_round})
+            if name not in best or arm.best_val_auroc > best[name][0]:
+                best[name] = (arm.best_val_auroc, point, arm)
+        if log is not None:
+            log(f"grid {point}: val AUROC " + ", ".join(f"{k} {a.best_val_auroc:.3f}" for k, a in res.arms.items()))
+    assert first is not None
+    arms = {}
+    for name, (_, point, arm) in best.items():
+        arm.chosen = dict(point)
+        arms[name] = score_arm(arm, data, cfg)
+    chosen_cfg = dataclasses.replace(cfg, **best["federated"][1])
+    return FederatedResult(chosen_cfg, arms, first.site_sizes, first.site_label_counts, table)
+
+
+def embed_splits(data: Any, encoder: str, dataset_key: str, splits: dict[str, Any]) -> Any:
+    """``data`` (ImageSplits) with images replaced by the frozen ``encoder``'s L2-normalised embeddings.
+
+    ``splits`` maps train/val/test to the dataset's split objects (their checksums key the cache).
+    Normalising each embedding on its own keeps every site's inputs private (no pooled statistics).
+    """
+    from medfm.models import create_model
+    from medfm.models.embed import EmbeddingCache, embed_cached
+
+    adapter = create_model(encoder)
+    adapter.require("image_encoder", "medfm federated --encoder")
+    cache = EmbeddingCache()
+    z = {}
+    for name, x in (("train", data.train_x), ("val", data.val_x), ("test", data.test_x)):
+        imgs = np.asarray(x)
+        if imgs.ndim == 4 and imgs.shape[1] == 1:
+            imgs = imgs[:, 0]
+        e = np.asarray(embed_cached(adapter, imgs, f"{dataset_key}/{name}/{splits[name].checksum()}", cache=cache),
+                       dtype=np.float32)
+        z[name] = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    from medfm.tasks.classification import FeatureSplits
+
+    return FeatureSplits(z["train"], data.train_y, z["val"], data.val_y, z["test"], data.test_y,
+                         label_names=data.label_names, task=data.task)
+
+
 # --------------------------------------------------------------------------------------
 # Flower: the same site as a NumPyClient, server + clients over gRPC on loopback
 # --------------------------------------------------------------------------------------
+def _no_telemetry() -> None:
+    """Flower sends usage events to its servers unless FLWR_TELEMETRY_ENABLED=0; medfm runs offline
+    and keeps sites' activity private, so it is off unless the user set the variable."""
+    import os
+
+    if "FLWR_TELEMETRY_ENABLED" not in os.environ:
+        os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
+        import flwr.supercore.telemetry as tel
+
+        tel.FLWR_TELEMETRY_ENABLED = "0"
+
+
 def flower_client(site: Site, epochs: int) -> Any:
     """A Flower ``NumPyClient`` training ``site`` (FedProx's mu comes in the fit config)."""
     from medfm._optional import optional_import
@@ -350,14 +525,14 @@ def run_flower_grpc(site_data: list[tuple[np.ndarray, np.ndarray]], n_classes: i
     from medfm._optional import optional_import
 
     fl = optional_import("flwr")
+    _no_telemetry()
     cfg = cfg or FederatedConfig(sites=len(site_data), rounds=rounds)
     if port is None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
     torch.manual_seed(cfg.seed)
-    x0 = site_data[0][0]
-    model = build_cnn(x0.shape[1], n_classes, x0.shape[-1])
+    model = build_model(site_data[0][0], n_classes)
     sites = [Site(x, y, model, cfg, cfg.seed + 1000 * i, rounds * cfg.local_epochs) for i, (x, y) in enumerate(site_data)]
     init = fl.common.ndarrays_to_parameters(get_weights(model))
     kw = {"fraction_fit": 1.0, "fraction_evaluate": 0.0, "min_fit_clients": len(sites), "min_available_clients": len(sites),
@@ -380,14 +555,23 @@ def run_flower_grpc(site_data: list[tuple[np.ndarray, np.ndarray]], n_classes: i
     def client(i: int) -> None:
         try:
             fl.client.start_client(server_address=address, client=flower_client(sites[i], cfg.local_epochs).to_client())
-        except BaseException as exc:  # surfaced below
+        except BaseException as exc:  # surfaced below (the server stops waiting for clients, see Bounded)
             errors.append(exc)
 
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(len(sites))]
     for t in threads:
         t.start()
-    history = fl.server.start_server(server_address=address, config=fl.server.ServerConfig(num_rounds=rounds, round_timeout=timeout),
-                                     strategy=strategy)
+    class Bounded(fl.server.client_manager.SimpleClientManager):  # Flower waits a day for missing clients by default
+        def wait_for(self, num_clients: int, timeout: int = 86400) -> bool:
+            deadline = time.monotonic() + min(timeout, wait)
+            while time.monotonic() < deadline and not errors:
+                if super().wait_for(num_clients, timeout=1):
+                    return True
+            return False
+
+    wait = timeout
+    history = fl.server.start_server(server_address=address, strategy=strategy, client_manager=Bounded(),
+                                     config=fl.server.ServerConfig(num_rounds=rounds, round_timeout=timeout))
     for t in threads:
         t.join(timeout)
     if errors:
