@@ -42,6 +42,19 @@ def test_default_grid_skips_with_notes_and_adds_scratch_row() -> None:
     assert {c.seed for c in cells if c.shots == 1} == {0, 1, 2}
 
 
+def test_protocol_shots_override_the_grid_for_one_protocol() -> None:
+    spec = BenchSpec(shots=[1, 4, "all"], seeds=3, full_data_seeds=1, protocol_shots={"scratch": ["all"]})
+    cells, _ = expand(spec, PROTOS, caps, lambda: ["random/vit-b16"])
+    assert {(c.shots, c.seed) for c in cells if c.protocol == "scratch"} == {(None, 0)}
+    assert {c.shots for c in cells if c.protocol == "knn"} == {1, 4, None}
+    with pytest.raises(ConfigError, match="protocol_shots names unknown protocol 'scrach'"):
+        expand(BenchSpec(protocol_shots={"scrach": ["all"]}), PROTOS, caps, lambda: ["random/vit-b16"])
+    with pytest.raises(ConfigError, match="protocol_shots.scratch must be a non-empty list"):
+        BenchSpec(protocol_shots={"scratch": []})
+    with pytest.raises(ConfigError, match="positive integers"):
+        BenchSpec(protocol_shots={"scratch": [0]})
+
+
 def test_explicit_combination_that_does_not_fit_is_an_error() -> None:
     spec = BenchSpec(models=["random/vit-b16"], protocols=["zero_shot"])
     with pytest.raises(ConfigError, match="zero_shot.*text_encoder"):

@@ -81,3 +81,32 @@ def test_missing_required_option_is_a_usage_error_exit_2(capsys: pytest.CaptureF
 def test_json_flag_from_the_shared_alias(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["datasets", "list", "--json"]) == 0
     assert any(r["name"] == "gbsg2" for r in json.loads(capsys.readouterr().out))
+
+
+def _command_paths() -> list[list[str]]:
+    """Every command and sub-command of the ``medfm`` app, as argv prefixes."""
+    import typer
+
+    from medfm.cli.main import app
+
+    paths: list[list[str]] = []
+
+    def walk(cmd, prefix: list[str]) -> None:  # noqa: ANN001 (typer vendors its own click classes)
+        paths.append(prefix)
+        if hasattr(cmd, "commands"):
+            for name, sub in cmd.commands.items():
+                walk(sub, [*prefix, name])
+
+    walk(typer.main.get_command(app), [])
+    return paths
+
+
+def test_every_command_help_renders(capsys) -> None:
+    """`--help` of every command prints (a help text with Rich markup such as '[/x]' once crashed)."""
+    from medfm.cli.main import main
+
+    paths = _command_paths()
+    assert len(paths) > 20 and ["pacs", "store"] in paths
+    for argv in paths:
+        assert main([*argv, "--help"]) == 0, argv
+        assert "Usage" in capsys.readouterr().out

@@ -11,7 +11,8 @@ import pytest
 from medfm.cli.main import main
 
 
-def test_embed_breastmnist_with_tiny_model(shared_data: Path, tmp_path: Path, capsys) -> None:
+def test_embed_breastmnist_with_tiny_model(shared_data: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("MEDFM_HOME", str(tmp_path / "home"))  # a cold cache, whatever ran before
     out = tmp_path / "emb"
     args = ["embed", "--dataset", "breastmnist", "--model", "test/vit-tiny-timm", "--data-dir", str(shared_data)]
     assert main([*args, "--split", "test", "--out", str(out), "--json"]) == 0

@@ -15,6 +15,8 @@ A spec file (``medfm bench --config spec.yaml``)::
     full_data_seeds: 1                           # seeds per full-data cell (default: seeds)
     protocol_config:
       scratch: {epochs: 20}
+    protocol_shots:                              # per-protocol shots (default: shots)
+      scratch: [all]
     n_boot: 1000
 """
 
@@ -62,7 +64,9 @@ class BenchSpec:
     protocol that applies). ``shots`` are labelled training images per class (``"all"`` =
     the full training split). ``seeds`` seeds (0..seeds-1) run per few-shot cell;
     ``full_data_seeds`` per full-data cell (None = ``seeds``). ``protocol_config`` holds
-    per-protocol overrides of the protocol's config dataclass, e.g. ``{"knn": {"k": 10}}``.
+    per-protocol overrides of the protocol's config dataclass, e.g. ``{"knn": {"k": 10}}``;
+    ``protocol_shots`` per-protocol shots instead of ``shots`` (e.g. scratch training only on
+    the full split: ``{"scratch": ["all"]}``).
     """
 
     datasets: list[str] = field(default_factory=lambda: [DEFAULT_DATASET])
@@ -72,6 +76,7 @@ class BenchSpec:
     seeds: int = 3
     full_data_seeds: int | None = None
     protocol_config: dict[str, dict[str, Any]] = field(default_factory=dict)
+    protocol_shots: dict[str, list[int | str]] = field(default_factory=dict)
     n_boot: int = 1000
     data_dir: str | None = None
     precision: str = "auto"
@@ -92,6 +97,14 @@ class BenchSpec:
         for name, over in self.protocol_config.items():
             if not isinstance(over, dict):
                 raise ConfigError(f"bench spec: protocol_config.{name} must be a mapping, got {type(over).__name__}")
+        for name, shots in self.protocol_shots.items():
+            if not isinstance(shots, (list, tuple)) or not shots:
+                raise ConfigError(f"bench spec: protocol_shots.{name} must be a non-empty list such as [1, 4, all]")
+            self.protocol_shots[name] = [parse_shot(s) for s in shots]
+
+    def shots_for(self, protocol: str) -> list[int | str]:
+        """The shots one protocol runs at: its ``protocol_shots`` entry, else ``shots``."""
+        return self.protocol_shots.get(protocol, self.shots)
 
     @classmethod
     def from_file(cls, path: str) -> BenchSpec:
@@ -215,7 +228,7 @@ def expand(
     pairs = _model_pairs(spec, model_protocols, models, capabilities, notes)
     pairs += _scratch_pairs(spec, scratch_protocols, scratch_models)
     label_free = sorted({p.name for _, p, _ in pairs if not p.uses_labels})
-    if label_free and spec.shots != [ALL]:
+    if label_free and any(spec.shots_for(n) != [ALL] for n in label_free):
         notes.append(f"{', '.join(label_free)} use(s) no labelled images: run once per dataset and model (shots=all, seed 0)")
     cells = _grid_cells(spec, pairs)
     if not cells:
@@ -240,9 +253,10 @@ def _chosen_protocols(spec: BenchSpec, by_name: dict[str, ProtocolInfo], notes: 
         left_out = sorted(n for n in by_name if n in DEFAULT_EXCLUDED_PROTOCOLS)
         if left_out:
             notes.append(f"protocol(s) {', '.join(left_out)} left out of the default grid (minutes per cell on a CPU); ask with --protocol")
-    for name in spec.protocol_config:
-        if name not in by_name:
-            raise ConfigError(f"bench spec: protocol_config names unknown protocol '{name}'")
+    for key in ("protocol_config", "protocol_shots"):
+        for name in getattr(spec, key):
+            if name not in by_name:
+                raise ConfigError(f"bench spec: {key} names unknown protocol '{name}'")
     return chosen
 
 
@@ -321,7 +335,8 @@ def _grid_cells(spec: BenchSpec, pairs: list[_Pair]) -> list[Cell]:
     cells: list[Cell] = []
     for dataset in dict.fromkeys(spec.datasets):
         for model, proto, cfg in pairs:
-            grid = [(shots_value(sh), seed) for sh in spec.shots for seed in spec.seeds_for(shots_value(sh))]
+            shots = spec.shots_for(proto.name)
+            grid = [(shots_value(sh), seed) for sh in shots for seed in spec.seeds_for(shots_value(sh))]
             if not proto.uses_labels:
                 grid = [(None, 0)]
             for s, seed in grid:

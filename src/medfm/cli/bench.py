@@ -2,8 +2,8 @@
 
 With no arguments: BreastMNIST with the built-in offline model set (from-scratch ResNet-18,
 the random-init ViT-B/16 floor, every real model card whose weights are present locally),
-every protocol that applies, few-shot 1/4/16 (3 seeds) and the full training split,
-into ``runs/<timestamp>/``.
+every protocol that applies, few-shot 1/4/16 (3 seeds) and the full training split (the
+from-scratch baseline on the full split only), into ``runs/<timestamp>/``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ DEFAULT_SCRATCH_EPOCHS = 20
 DEFAULT_RUN_NOTE = (
     "default run (medfm bench with no arguments): settings chosen to finish in under 10 minutes on "
     "2 CPU cores: few-shot 1/4/16 labelled images per class with 3 seeds each, the full training split "
-    f"with 1 seed, 1000 bootstrap resamples, the from-scratch ResNet-18 trained for {DEFAULT_SCRATCH_EPOCHS} "
+    f"with 1 seed, 1000 bootstrap resamples, the from-scratch ResNet-18 trained on the full training split "
+    f"only (the random-init twins are the few-shot floor) for {DEFAULT_SCRATCH_EPOCHS} "
     "epochs (the MedMNIST v2 recipe uses 100, so it is a weaker baseline than the paper's), "
     "finetune left out (minutes per cell on a CPU)"
 )
@@ -47,6 +48,7 @@ def build_spec(
         if not (datasets or models or protocols or shots or seeds):
             spec.notes.append(DEFAULT_RUN_NOTE)
             spec.protocol_config = {"scratch": {"epochs": DEFAULT_SCRATCH_EPOCHS}}
+            spec.protocol_shots = {"scratch": ["all"]}
     if datasets:
         spec.datasets = datasets
     if models:

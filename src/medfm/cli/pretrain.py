@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-DATA_DIR_HELP = "Data location (default: $MEDFM_DATA, else ~/.cache/medfm/data)."
+from medfm.cli._common import DataDir, Json
 
 
 def register(app: typer.Typer) -> None:
@@ -50,9 +50,9 @@ def pretrain_command(
     seed: int = typer.Option(0, "--seed"),
     model_id: str | None = typer.Option(None, "--id", help="Id recorded in the model card."),
     precision: str = typer.Option("auto", "--precision", help="auto | bf16 | fp32."),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    data_dir: DataDir = None,
     force: bool = typer.Option(False, "--force", help="Overwrite a finished run in --out."),
-    json_out: bool = typer.Option(False, "--json", help="Machine-readable summary on stdout."),
+    json_out: Json = False,
 ) -> None:
     """Self-supervised pretraining (labels are never read); resumes from OUT/checkpoint.pt."""
     from medfm._config import from_dict
@@ -98,9 +98,9 @@ def distill_command(
     seed: int = typer.Option(0, "--seed"),
     model_id: str | None = typer.Option(None, "--id"),
     precision: str = typer.Option("auto", "--precision"),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    data_dir: DataDir = None,
     force: bool = typer.Option(False, "--force"),
-    json_out: bool = typer.Option(False, "--json"),
+    json_out: Json = False,
 ) -> None:
     """Feature distillation of a large encoder into a small student (labels are never read)."""
     from medfm._config import from_dict

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import typer
 
+from medfm.cli._common import DataDir, Device, Json
 from medfm.errors import ConfigError
-
-DATA_DIR_HELP = "Data location (default: $MEDFM_DATA, else ~/.cache/medfm/data)."
 
 
 def register(app: typer.Typer) -> None:
@@ -40,9 +39,9 @@ def seg_prompt_eval_command(
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for CIs over cases."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: cases.csv and results.json."),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty --out."),
-    data_dir: Path = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
-    device: str = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
-    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+    data_dir: DataDir = None,
+    device: Device = None,
+    json_out: Json = False,
 ) -> None:
     """Evaluate a promptable segmenter with prompts simulated from the reference masks (or given
     boxes): Dice, IoU, HD95, ASSD, NSD per case and label, with bootstrap CIs over cases."""

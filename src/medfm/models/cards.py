@@ -165,7 +165,6 @@ def _random_cards() -> list[ModelCard]:
 
 def _real_cards() -> list[ModelCard]:
     dino_pp = Preprocess(size=(256, 256), resize="shortest_crop", crop_size=(224, 224), mean=IN_MEAN, std=IN_STD)
-    sam_pp = Preprocess(size=(1024, 1024), resize="longest_pad", interpolation="bilinear")
     return [
         ModelCard(
             id="dinov2/small", backend="hf", source="facebook/dinov2-small", license="Apache-2.0",
