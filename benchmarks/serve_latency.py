@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     card = dataclasses.replace(get_model_card("sam/vit-base"), source=None, id="bench/sam-vit-b-random")
     seg = SamAdapter(card, SamModel(SamConfig()).eval(), "cpu")
     seg.precision = args.precision  # the decoder runs fp32 unless bf16 is asked for
-    client = TestClient(create_app(SegmentationService(seg, max_images=64)))
+    client = TestClient(create_app(SegmentationService(seg, max_images=64)), base_url="http://127.0.0.1")  # an allowed Host
 
     images = [_png(1000 + k) for k in range(args.upload_runs + 2)]
     ids: list[str] = []

@@ -50,3 +50,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_gpu)
         if "network" in item.keywords:
             item.add_marker(skip_net)
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory: pytest.TempPathFactory):
+    """A real Orthanc PACS (Debian package) on loopback ports for the whole session (``tests/orthanc.py``).
+
+    Attributes: ``url``, ``dicomweb_url``, ``host``, ``dicom_port``, ``aet``; methods ``upload``, ``clear``,
+    ``rest``, ``add_modality(name, aet, port)``. Skips when the Orthanc binary or DICOMweb plugin is absent.
+    """
+    from tests.orthanc import orthanc_fixture
+
+    yield from orthanc_fixture(tmp_path_factory)

@@ -17,7 +17,7 @@ def test_serve_builds_the_app_and_checks_options(monkeypatch: pytest.MonkeyPatch
     assert main(["serve", "--model", "test/sam-tiny", "--port", "8123"]) == 0
     assert (started["host"], started["port"]) == ("127.0.0.1", 8123)
     assert "http://127.0.0.1:8123/" in capsys.readouterr().err
-    client = TestClient(started["app"])
+    client = TestClient(started["app"], base_url="http://127.0.0.1:8123")  # Host must be an allowed name
     up = client.post("/images", params={"name": "a.png"}, content=png_bytes(0)).json()
     assert client.post(f"/images/{up['id']}/segment", json={"points": [[30, 20]]}).status_code == 200
     for args, message in (

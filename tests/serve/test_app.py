@@ -10,7 +10,6 @@ import pytest
 from medfm.serve import SegmentationService, create_app
 from tests.serve.conftest import decode_png, png_bytes
 
-
 MAX_BYTES = 50_000
 
 
@@ -18,7 +17,7 @@ MAX_BYTES = 50_000
 def client(tiny_sam):
     from fastapi.testclient import TestClient
 
-    return TestClient(create_app(SegmentationService(tiny_sam, max_images=4, max_bytes=MAX_BYTES)))
+    return TestClient(create_app(SegmentationService(tiny_sam, max_images=4, max_bytes=MAX_BYTES)), base_url="http://127.0.0.1:8000")
 
 
 def test_upload_render_and_segment_over_http(client, tiny_sam) -> None:
@@ -44,7 +43,7 @@ def test_bad_requests_get_one_line_and_the_right_status(client) -> None:
     i = client.post("/images", params={"name": "a.png"}, content=png_bytes(0)).json()["id"]
     too_big = b"\0" * (MAX_BYTES + 1)  # refused from its Content-Length, before the body is read
     cases = [
-        (client.post("/images", params={"name": "big.dcm"}, content=too_big), 400, "more than the service accepts"),
+        (client.post("/images", params={"name": "big.dcm"}, content=too_big), 413, "more than the service accepts"),
         (client.post("/images", params={"name": "x.png"}, content=b"garbage"), 400, "x.png"),
         (client.post("/images", params={"name": "e.png"}, content=b""), 400, "empty"),
         (client.post(f"/images/{i}/segment", json={"box": [0, 0, 999, 10]}), 400, "outside the 64x48 image"),

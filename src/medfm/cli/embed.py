@@ -18,7 +18,8 @@ def register(app: typer.Typer) -> None:
 
 
 def embed_command(
-    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset name or folder (see `medfm datasets list`)."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset name or folder (see `medfm datasets list`), or a PACS "
+                                "study/series dicomweb://HOST:PORT/dicom-web/studies/UID, optionally /series/UID (one sample per series)."),
     model: str = typer.Option(..., "--model", "-m", help="Model id or saved model folder (see `medfm models list`)."),
     split: list[str] = typer.Option(None, "--split", "-s", help="Split(s) to embed (default: all)."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
@@ -45,15 +46,33 @@ def embed_command(
 
     if executor == "local" and (address or workers or gpus_per_worker):
         raise ConfigError("--address, --workers and --gpus-per-worker need --executor ray")
-    job = EmbedJob(
-        dataset=dataset, model=model, splits=list(split or []), data_dir=str(data_dir) if data_dir else None,
-        batch_size=batch_size, precision=precision, device=device, limit=limit, out=out, force=force,
-        use_cache=not no_cache, cache_dir=cache_dir, executor=executor, address=address, workers=workers,
-        cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker, shard_size=shard_size,
-    )
-    manifest = embed_dataset(job, log=lambda line: err_console.print(line, highlight=False))
+    from medfm.cli.pacs import pacs_input
+    from medfm.io.pacs import is_dicomweb_url
+
+    from_pacs = is_dicomweb_url(dataset)
+    with pacs_input(dataset, dataset=True) as ds_path:  # a dicomweb:// study/series: fetched into a temp folder
+        job = EmbedJob(
+            dataset=str(ds_path) if from_pacs else dataset, model=model, splits=list(split or []), data_dir=str(data_dir) if data_dir else None,
+            batch_size=batch_size, precision=precision, device=device, limit=limit, out=out, force=force,
+            use_cache=not no_cache, cache_dir=cache_dir, executor=executor, address=address, workers=workers,
+            cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker, shard_size=shard_size,
+        )
+        manifest = embed_dataset(job, log=lambda line: err_console.print(line, highlight=False))
+    if from_pacs:
+        manifest = _name_address(manifest, str(ds_path), dataset, out)
     if json_out:
         print_json(manifest)
     else:
         for name, info in manifest["splits"].items():
             out_console.print(f"{name}\t{info['n']}\t{info['dim']}\t{info.get('images_per_s')} img/s")
+
+
+def _name_address(manifest: dict, fetched: str, address: str, out: Path | None) -> dict:
+    """A dataset fetched from a PACS is named by its address (not the removed temp folder) in the manifest(s)."""
+    import json
+
+    fix = json.dumps(manifest, default=str).replace(json.dumps(fetched)[1:-1], address)
+    if out is not None and (out / "manifest.json").is_file():
+        on_disk = (out / "manifest.json").read_text()
+        (out / "manifest.json").write_text(on_disk.replace(json.dumps(fetched)[1:-1], address))
+    return json.loads(fix)

@@ -33,6 +33,7 @@ COMMAND_MODULES: list[str] = [
     "medfm.cli.info",
     "medfm.cli.models",
     "medfm.cli.embed",
+    "medfm.cli.classify",
     "medfm.cli.pretrain",
     "medfm.cli.segment",
     "medfm.cli.seg_prompt",
@@ -40,7 +41,10 @@ COMMAND_MODULES: list[str] = [
     "medfm.cli.signals",
     "medfm.cli.generate",
     "medfm.cli.serve",
+    "medfm.cli.pacs",
     "medfm.cli.trust",
+    "medfm.cli.deid",
+    "medfm.cli.listen",
 ]
 
 _state = {"debug": False}

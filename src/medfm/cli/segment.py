@@ -36,18 +36,21 @@ def register(app: typer.Typer) -> None:
 
 def segment_command(
     model: str = typer.Option(..., "--model", "-m", help="Zoo segmenter id (e.g. medsam/vit-base) or a folder written by train-seg."),
-    input: Path = typer.Option(..., "--input", "-i", help="Image file, folder of images, or DICOM series folder."),
+    input: str = typer.Option(..., "--input", "-i", help="Image file, folder of images, DICOM series folder, or a PACS series "
+                              "dicomweb://HOST:PORT/dicom-web/studies/UID/series/UID."),
     box: tuple[float, float, float, float] = typer.Option(None, "--box", help="Box prompt X0 Y0 X1 Y1 (pixels, x = column)."),
     point: tuple[float, float] = typer.Option(None, "--point", help="Point prompt X Y (pixels, x = column)."),
     slice_: int = typer.Option(None, "--slice", help="3D: key slice index (z) the prompt refers to (default: middle)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (NIfTI masks, overlays/, dicom_seg/)."),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty --out."),
     device: str = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    store_to: str = typer.Option(None, "--store-to", help="Store the DICOM-SEG and a measurement SR (segment volumes) in this PACS: "
+                                 "dicomweb://HOST:PORT/dicom-web or AET@HOST:PORT."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
 ) -> None:
     """Segment images: a trained model, or a promptable one with --box / --point (3D: propagated
     from --slice through neighbouring slices). Writes masks as NIfTI on the source geometry, PNG
-    overlays and, for a DICOM series input, a DICOM-SEG referencing it."""
+    overlays and, for a DICOM series input, a DICOM-SEG referencing it (--store-to: sent to a PACS with an SR)."""
     from medfm._paths import prepare_out_dir
     from medfm._runtime import configure_threads, default_device
     from medfm.cli._common import out_console, print_json
@@ -55,16 +58,29 @@ def segment_command(
 
     if box is not None and point is not None:
         raise ConfigError("give either --box or --point, not both")
+    from medfm.cli.pacs import check_address, pacs_input, store_results
+    from medfm.io.pacs import is_dicomweb_url
+
+    if store_to:
+        check_address(store_to)  # a bad address fails before the work, not after
     configure_threads()
     out_dir = prepare_out_dir(out, force=force)
     opts = SegmentOptions(box=box, point=point, slice=slice_, overwrite=force)
-    rows = segment_inputs(model, input, out_dir, opts, device=device or default_device())
+
+    with pacs_input(input) as in_path:
+        rows = segment_inputs(model, in_path, out_dir, opts, device=device or default_device())
+        if store_to:
+            store_results(rows, store_to, out_dir, overwrite=force)
+    if is_dicomweb_url(input):  # fetched from a PACS into a temp folder (gone now): name the address
+        for r in rows:
+            r["input"] = input
     if json_out:
         print_json(rows)
         return
     for r in rows:
         vols = ", ".join(f"{v['name']}: {v['voxels']} px" for v in r["labels"].values())
         out_console.print(f"{r['case']}: {r['mask']} ({vols})" + (f"; DICOM-SEG {r['dicom_seg']}" if r.get("dicom_seg") else "")
+                          + (f"; SR {r['dicom_sr']} -> {r['stored_to']}" if r.get("stored_to") else "")
                           + (f"; note: {r['note']}" if r.get("note") else ""))
 
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import logging
 import tempfile
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +31,8 @@ from medfm.io import Image, read_image
 from medfm.io.window import display_uint8, percentile_range, window_range
 from medfm.models.base import ModelAdapter
 from medfm.tasks.segmentation.promptable import check_box, check_points
+
+log = logging.getLogger("medfm.serve")  # image ids and sizes only: never names, paths or header values
 
 
 @dataclass
@@ -103,23 +107,176 @@ def display_png(array: np.ndarray, window: tuple[float, float] | None) -> bytes:
     return buf.getvalue()
 
 
-def _unzip(data: bytes, folder: Path, name: str, max_files: int = 5000) -> None:
-    """Extract a zip (e.g. a DICOM series) into ``folder``: regular files only, each under its
-    own index (member paths are never used, so nothing lands outside ``folder``)."""
+BOMB_MIN_VOXELS = 2**24  # below this an image is small enough whatever its compression ratio
+
+
+class TooLarge(InputError):
+    """An upload, or what it expands to, is over one of the service's limits (HTTP 413)."""
+
+
+def _zip_entries(data: bytes | bytearray) -> int | None:
+    """The member count an archive's end-of-central-directory record declares, read before
+    ``zipfile`` parses (and holds in memory) one object per member; None when not found (zip64)."""
+    tail = bytes(data[-(65536 + 22):])
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or at + 22 > len(tail):
+        return None
+    n = int.from_bytes(tail[at + 10 : at + 12], "little")
+    return None if n == 0xFFFF else n
+
+
+def _unsafe_member(filename: str) -> bool:
+    """A member path that would leave the folder it is extracted to: absolute, a drive, or ``..``."""
+    path = filename.replace("\\", "/")
+    return path.startswith("/") or (len(path) > 1 and path[1] == ":") or ".." in path.split("/")
+
+
+def _unzip(data: bytes | bytearray, folder: Path, name: str, max_files: int = 5000, max_bytes: int = 2**31) -> None:
+    """Extract a zip (e.g. a DICOM series) into ``folder``: regular files only, each under its own
+    index, streamed in 1 MiB pieces and counted, so a decompression bomb stops at ``max_bytes``;
+    members with ``..`` or absolute paths and archives of more than ``max_files`` are refused."""
     import zipfile
 
+    declared = _zip_entries(data)
+    if declared is not None and declared > max_files:
+        raise TooLarge(f"{name}: the zip holds {declared} files, more than {max_files}")
+    total = 0
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             members = [m for m in zf.infolist() if not m.is_dir()]
             if not members:
                 raise InputError(f"{name}: the zip holds no files")
             if len(members) > max_files:
-                raise InputError(f"{name}: the zip holds {len(members)} files, more than {max_files}")
+                raise TooLarge(f"{name}: the zip holds {len(members)} files, more than {max_files}")
+            bad = [m.filename for m in zf.infolist() if _unsafe_member(m.filename)]
+            if bad:
+                raise InputError(f"{name}: the zip has {len(bad)} member(s) with '..' or absolute paths (e.g. {bad[0]!r}); refused")
+            if sum(m.file_size for m in members) > max_bytes:  # declared sizes: refuse early (then count)
+                raise TooLarge(f"{name}: the zip expands to more than {max_bytes} bytes")
             folder.mkdir()
             for k, m in enumerate(members):
-                (folder / f"{k:05d}_{Path(m.filename).name}").write_bytes(zf.read(m))
-    except zipfile.BadZipFile as exc:
-        raise InputError(f"{name}: not a readable zip ({exc})") from None
+                with zf.open(m) as src, open(folder / f"{k:05d}_{Path(m.filename).name}", "wb") as out:
+                    while chunk := src.read(2**20):
+                        total += len(chunk)
+                        if total > max_bytes:
+                            raise TooLarge(f"{name}: the zip expands to more than {max_bytes} bytes")
+                        out.write(chunk)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError, zlib.error) as exc:
+        raise InputError(f"{name}: not a readable zip ({type(exc).__name__}: {' '.join(str(exc).split())})") from None
+
+
+def _prod(shape: Sequence[int]) -> int:
+    return int(np.prod([int(x) for x in shape], dtype=np.float64)) if len(shape) else 1
+
+
+def _dicom_voxels(path: Path) -> int | None:
+    """Rows x Columns x frames x samples from a DICOM header (pixels not read), None if not DICOM."""
+    import pydicom
+
+    with open(path, "rb") as f:
+        head = f.read(132)
+    # a preamble + "DICM", or (old files without one) a first tag in group 0002 or 0008: anything else
+    # is not parsed at all (pydicom's force=True walks a file of zeros as millions of empty elements)
+    if head[128:132] != b"DICM" and head[:2] not in (b"\x02\x00", b"\x08\x00"):
+        return None
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception:  # noqa: BLE001 - not DICOM, or unreadable: None
+        return None
+    if "Rows" not in ds or "Columns" not in ds:
+        return None
+    frames = ds.get("NumberOfFrames", 1) or 1
+    return _prod([ds.Rows, ds.Columns, int(frames), ds.get("SamplesPerPixel", 1) or 1])
+
+
+def decoded_voxels(path: Path) -> int | None:
+    """How many voxels reading ``path`` (a file, or a folder of DICOM files) would decode, from
+    headers only (DICOM, NIfTI, TIFF, PNG/JPEG/BMP, NRRD/MetaImage); None when no header says (the
+    service then refuses the file: nothing is decoded whose size is not known first)."""
+    import gzip
+
+    if path.is_dir():
+        counts = [_dicom_voxels(f) for f in sorted(path.iterdir()) if f.is_file()]
+        return sum(c for c in counts if c) if any(counts) else None
+    with open(path, "rb") as f:
+        head = f.read(544)
+    if head[:2] == b"\x1f\x8b":  # gzip: only a NIfTI header is looked for inside (544 bytes read)
+        try:
+            with gzip.open(path, "rb") as g:
+                head = g.read(544)
+        except (OSError, EOFError):
+            return None
+    if head[128:132] == b"DICM":  # before TIFF: a DICOM preamble may hold a TIFF header
+        return _dicom_voxels(path)
+    if len(head) >= 348 and head[344:348] in (b"n+1\x00", b"n+2\x00") or head[4:12] == b"n+2\x00\r\n\x1a\n":
+        import nibabel as nib
+
+        cls = nib.Nifti2Header if head[4:8] == b"n+2\x00" or head[:4] == b"\x1c\x02\x00\x00" else nib.Nifti1Header
+        try:
+            header = cls.from_fileobj(io.BytesIO(head), check=False)
+            return _prod(header.get_data_shape())
+        except Exception:  # noqa: BLE001 - a header this peek cannot parse: None (refused)
+            return None
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                return _prod(tif.series[0].shape)
+        except Exception:  # noqa: BLE001 - a header this peek cannot parse: None (refused)
+            return None
+    if head.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM")):
+        from PIL import Image as PILImage
+
+        try:
+            with PILImage.open(path) as im:
+                return _prod(im.size) * len(im.getbands())
+        except Exception:  # noqa: BLE001 - a header this peek cannot parse: None (refused)
+            return None
+    if head.startswith(b"NRRD") or path.name.lower().endswith((".mha", ".mhd", ".nrrd", ".nhdr")):
+        import SimpleITK as sitk
+
+        try:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            return _prod(reader.GetSize()) * int(reader.GetNumberOfComponents())
+        except Exception:  # noqa: BLE001 - a header this peek cannot parse: None (refused)
+            return None
+    return _dicom_voxels(path)
+
+
+def _suffix(name: str) -> str:
+    """The upload name's extension(s) (``.nii.gz``, ``.dcm``), which say the format and nothing else."""
+    base = Path(name.replace("\\", "/")).name.lower()
+    for ext in (".nii.gz", ".nii", ".dcm", ".zip", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nrrd", ".mha"):
+        if base.endswith(ext):
+            return ext
+    return ""
+
+
+def _deidentify(path: Path, out: Path, name: str) -> Path:
+    """De-identified copies (PS3.15 basic profile, ``medfm.io.deid``; one pseudonym mapping per
+    upload) of the DICOM file or series folder ``path`` under ``out``; other formats carry no DICOM
+    header and are returned as they are."""
+    from medfm.io.deid import Deidentifier, read_dicom_dataset, write_dataset
+
+    files = sorted(f for f in path.iterdir() if f.is_file()) if path.is_dir() else [path]
+    dicom = [f for f in files if _dicom_voxels(f) is not None]
+    if not dicom:
+        return path
+    out.mkdir()
+    deid, removed = Deidentifier(), 0
+    for k, f in enumerate(dicom):
+        try:
+            ds = read_dicom_dataset(f)
+            entry = deid.deidentify(ds).to_dict()
+        except InputError:
+            raise InputError(f"{name}: a DICOM file in it cannot be de-identified") from None
+        removed += len(entry.get("removed", ())) + len(entry.get("replaced", ())) + len(entry.get("emptied", ()))
+        write_dataset(ds, out / f"{k:05d}.dcm")
+    log.info("de-identified %d DICOM file(s): %d attributes removed, replaced or emptied", len(dicom), removed)
+    return out if path.is_dir() else out / "00000.dcm"
 
 
 def mask_png(mask: np.ndarray) -> bytes:
@@ -137,20 +294,48 @@ class SegmentationService:
     ``max_images``: images (or volumes) held; ``max_embeddings``: slice embeddings kept in memory
     (a SAM ViT-B embedding is 4 MiB); in both the least recently used goes first, and a dropped
     image must be uploaded again (a dropped embedding is recomputed on the next prompt).
+    Limits for a service on a network (each refusal is a ``TooLarge`` / ``InputError``, HTTP 413 / 400):
+    ``max_bytes`` per upload; ``max_voxels`` decoded per image (from its header, before decoding);
+    ``max_held_bytes`` for all kept images together (least recently used out); ``max_zip_files`` and
+    ``max_unzipped_bytes`` for a zipped series; ``max_points`` per prompt; ``max_expansion``: decoded
+    voxels per uploaded byte for images over 16 Mi voxels, and unzipped bytes per zipped byte above
+    64 MiB (a zero-filled bomb expands ~1000 times, a compressed CT or DICOM series a few). ``deid``:
+    DICOM uploads are de-identified (``medfm.io.deid``) before they are read and kept, and their
+    names are not kept. A file whose header gives no image size is refused without being decoded.
     """
 
     def __init__(
-        self, model: ModelAdapter, max_images: int = 16, max_bytes: int = 512 * 2**20, max_embeddings: int = 64
+        self,
+        model: ModelAdapter,
+        max_images: int = 16,
+        max_bytes: int = 512 * 2**20,
+        max_embeddings: int = 64,
+        *,
+        max_voxels: int = 2**27,
+        max_held_bytes: int = 2**31,
+        max_zip_files: int = 5000,
+        max_unzipped_bytes: int = 2**31,
+        max_points: int = 64,
+        max_expansion: int = 100,
+        deid: bool = False,
     ) -> None:
         model.require("segmenter", "the segmentation service")
-        if max_images < 1 or max_embeddings < 1:
-            raise InputError(f"max_images and max_embeddings must be >= 1, got {max_images}, {max_embeddings}")
+        if min(max_images, max_embeddings, max_bytes, max_voxels, max_held_bytes, max_zip_files, max_unzipped_bytes, max_points) < 1:
+            raise InputError(f"every limit of the segmentation service must be >= 1 (max_images={max_images}, max_embeddings={max_embeddings}, ...)")
         self.model = model
         self.max_images = max_images
         self.max_embeddings = max_embeddings
         self.max_bytes = max_bytes
+        self.max_voxels = max_voxels
+        self.max_held_bytes = max_held_bytes
+        self.max_zip_files = max_zip_files
+        self.max_unzipped_bytes = max_unzipped_bytes
+        self.max_points = max_points
+        self.max_expansion = max_expansion
+        self.deid = deid
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._states: OrderedDict[tuple[str, int], Any] = OrderedDict()  # (image id, slice) -> embedding
+        self._reading = threading.BoundedSemaphore(2)
         self._lock = threading.Lock()  # one model: prompts and embeddings run one at a time
         self._current: tuple[str, int] | None = None  # the slice whose embedding the model holds now
         self._calls_seen = model.encoder_calls  # the model's encoder runs as last seen
@@ -159,48 +344,87 @@ class SegmentationService:
     def model_id(self) -> str:
         return str(self.model.card.id)
 
-    def add_image(self, data: bytes, name: str) -> dict[str, Any]:
+    def held_bytes(self) -> int:
+        """Bytes of pixel data held for all kept images."""
+        with self._lock:
+            return sum(s.volume.nbytes for s in self._sessions.values())
+
+    def add_image(self, data: bytes | bytearray, name: str) -> dict[str, Any]:
         """Read an uploaded file (PNG/JPEG/TIFF/DICOM/NIfTI/NRRD...), embed its middle slice (the
         others when first prompted) and describe it. The same bytes uploaded again reuse it."""
         if not data:
             raise InputError(f"{name}: the upload is empty")
         if len(data) > self.max_bytes:
-            raise InputError(f"{name}: {len(data)} bytes is more than the service accepts ({self.max_bytes})")
+            raise TooLarge(f"{name}: {len(data)} bytes is more than the service accepts ({self.max_bytes})")
         key = hashlib.sha256(data).hexdigest()[:16]
         with self._lock:
             if key in self._sessions:
                 self._sessions.move_to_end(key)
                 return self._sessions[key].describe()
-        image = self._read(data, name)
+        t0 = time.perf_counter()
+        with self._reading:  # decoding is the memory peak: a few uploads at a time
+            image = self._read(data, name)
         volume = np.asarray(image.array)
         volume = volume[:, None] if volume.ndim == 3 else volume
+        if volume.nbytes > self.max_held_bytes:
+            raise TooLarge(f"{name}: {volume.nbytes} bytes of pixels is more than the service keeps ({self.max_held_bytes})")
         spacing, slice_mm = None, None
         if image.meta.get("spacing_known", True) is not False:
             spacing = (float(image.spacing[-2]), float(image.spacing[-1]))
             slice_mm = float(image.spacing[0]) if len(image.spacing) == 3 else None
-        session = Session(key, name, volume, spacing, display_window(image, volume), slice_mm, image.modality)
+        kept_name = f"image-{key}{_suffix(name)}" if self.deid else name  # a file name can identify a patient
+        session = Session(key, kept_name, volume, spacing, display_window(image, volume), slice_mm, image.modality)
         with self._lock:
             self._embed(session, session.check_slice(None))  # first: an image the model refuses is not kept
             self._sessions[key] = session
-            while len(self._sessions) > self.max_images:
-                old, _ = self._sessions.popitem(last=False)
-                for k in [k for k in self._states if k[0] == old]:
-                    del self._states[k]
-                if self._current is not None and self._current[0] == old:
-                    self._current = None
+            held = sum(s.volume.nbytes for s in self._sessions.values())
+            while len(self._sessions) > self.max_images or held > self.max_held_bytes:
+                old, dropped = self._sessions.popitem(last=False)
+                held -= dropped.volume.nbytes
+                self._forget(old)
+                log.info("image %s dropped to make room (%d held, %d bytes)", old, len(self._sessions), held)
+        c, d, h, w = volume.shape
+        log.info("image %s: %dx%dx%d x%d %s %s, read and embedded in %.2f s", key, w, h, d, c, volume.dtype, image.modality or "-", time.perf_counter() - t0)
         return session.describe()
 
-    @staticmethod
-    def _read(data: bytes, name: str) -> Image:
-        """Read one uploaded file, or a .zip holding one DICOM series (the browser sends one file)."""
+    def _forget(self, image_id: str) -> None:
+        """Drop what is kept for an image besides its session. Call with the lock held."""
+        for k in [k for k in self._states if k[0] == image_id]:
+            del self._states[k]
+        if self._current is not None and self._current[0] == image_id:
+            self._current = None
+
+    def _read(self, data: bytes | bytearray, name: str) -> Image:
+        """Read one uploaded file, or a .zip holding one DICOM series (the browser sends one file):
+        unzipped within the limits, de-identified when asked, refused when its header declares more
+        than ``max_voxels`` voxels (before the pixels are decoded)."""
         safe = Path(name.replace("\\", "/")).name or "upload"  # the file name only, never a path
         with tempfile.TemporaryDirectory(prefix="medfm-serve-") as tmp:
             path = Path(tmp) / safe
             if data[:4] == b"PK\x03\x04":
                 path = Path(tmp) / "series"
-                _unzip(data, path, name)
+                # at most max_expansion bytes out per byte in (above 64 MiB): a DICOM series zips ~2-4x
+                limit = min(self.max_unzipped_bytes, max(2**26, self.max_expansion * len(data)))
+                _unzip(data, path, name, self.max_zip_files, limit)
             else:
                 path.write_bytes(data)
+            voxels = decoded_voxels(path)
+            if voxels is None:  # nothing is decoded whose size is not known first
+                what = "no DICOM image file" if path.is_dir() else "not an image medfm reads (DICOM, NIfTI, NRRD/MHA, PNG, JPEG, BMP, TIFF)"
+                raise InputError(f"{name}: {what}, or its header is unreadable")
+            if path.is_dir():  # members that are not DICOM are not handed to the series reader
+                for f in path.iterdir():
+                    if _dicom_voxels(f) is None:
+                        f.unlink()
+            if voxels > self.max_voxels:
+                raise TooLarge(f"{name}: its header declares {voxels} voxels, more than the service decodes ({self.max_voxels})")
+            if voxels > BOMB_MIN_VOXELS and voxels > self.max_expansion * len(data):
+                raise TooLarge(
+                    f"{name}: {len(data)} bytes that declare {voxels} voxels ({voxels / len(data):.0f} per byte, more than "
+                    f"{self.max_expansion}): refused as a decompression bomb"
+                )
+            if self.deid:
+                path = _deidentify(path, Path(tmp) / "deid", name)
             try:
                 image = read_image(path)
             except InputError as exc:
@@ -254,6 +478,7 @@ class SegmentationService:
         hw = session.volume.shape[-2:]
         if box is None and not points:
             raise InputError("give a box [x0, y0, x1, y1] and/or points [[x, y], ...]")
+        self._check_prompt_size(box, points, labels)
         b = None if box is None else check_box(box, hw)
         p = lab = None
         if points:
@@ -311,6 +536,7 @@ class SegmentationService:
             raise InputError(f"{session.name}: a 2D image has no slices to propagate through; use segment")
         if box is None and not points:
             raise InputError("give a box [x0, y0, x1, y1] and/or points [[x, y], ...] on the key slice")
+        self._check_prompt_size(box, points, labels)
         if not 0.0 <= margin <= 100.0:
             raise InputError(f"margin must be 0..100 pixels, got {margin}")
         with self._lock:
@@ -334,6 +560,16 @@ class SegmentationService:
             out["volume_ml"] = voxels * session.spacing[0] * session.spacing[1] * session.slice_mm / 1000.0
         return out
 
+    def _check_prompt_size(self, box: Any, points: Any, labels: Any) -> None:
+        """At most ``max_points`` points (and labels) and one box of 4 numbers: the model lock is held
+        while a prompt runs, so one request must not hold it for long."""
+        if points is not None and len(points) > self.max_points:
+            raise InputError(f"{len(points)} points in one prompt, more than the service takes ({self.max_points})")
+        if labels is not None and len(labels) > self.max_points:
+            raise InputError(f"{len(labels)} labels in one prompt, more than the service takes ({self.max_points})")
+        if box is not None and len(box) != 4:
+            raise InputError(f"one box [x0, y0, x1, y1] per prompt, got {len(box)} numbers")
+
     def images(self) -> list[dict[str, Any]]:
         with self._lock:
             return [s.describe() for s in self._sessions.values()]
@@ -343,7 +579,4 @@ class SegmentationService:
             if image_id not in self._sessions:
                 raise KeyError(image_id)
             del self._sessions[image_id]
-            for k in [k for k in self._states if k[0] == image_id]:
-                del self._states[k]
-            if self._current is not None and self._current[0] == image_id:
-                self._current = None
+            self._forget(image_id)
