@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-DATA_DIR_HELP = "Data location (default: $MEDFM_DATA, else ~/.cache/medfm/data)."
+from medfm.cli._common import DataDir, Device, Json
 
 
 def register(app: typer.Typer) -> None:
@@ -22,10 +22,10 @@ def embed_command(
                                 "study/series dicomweb://HOST:PORT/dicom-web/studies/UID, optionally /series/UID (one sample per series)."),
     model: str = typer.Option(..., "--model", "-m", help="Model id or saved model folder (see `medfm models list`)."),
     split: list[str] = typer.Option(None, "--split", "-s", help="Split(s) to embed (default: all)."),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    data_dir: DataDir = None,
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass."),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 where fast) | bf16 | fp32."),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: CUDA when present)."),
+    device: Device = None,
     limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N images of each split."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write <split>.npy + manifest.json here."),
     force: bool = typer.Option(False, "--force", help="Overwrite files in a non-empty --out."),
@@ -37,7 +37,7 @@ def embed_command(
     cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", help="CPUs (torch threads) per Ray actor."),
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="GPUs per Ray actor (1 = one actor per GPU)."),
     shard_size: int = typer.Option(2048, "--shard-size", min=1, help="Images per shard (cache chunk; the unit of resume)."),
-    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+    json_out: Json = False,
 ) -> None:
     """Embed every image of a dataset split; embeddings are cached by weights + preprocessing + data."""
     from medfm.cli._common import err_console, out_console, print_json

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import typer
 
+from medfm.cli._common import DataDir, Device, Json
 from medfm.errors import ConfigError
-
-DATA_DIR_HELP = "Data location (default: $MEDFM_DATA, else ~/.cache/medfm/data)."
 
 
 def _int_tuple(text: str | None, what: str) -> tuple[int, ...]:
@@ -43,10 +42,10 @@ def segment_command(
     slice_: int = typer.Option(None, "--slice", help="3D: key slice index (z) the prompt refers to (default: middle)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (NIfTI masks, overlays/, dicom_seg/)."),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty --out."),
-    device: str = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    device: Device = None,
     store_to: str = typer.Option(None, "--store-to", help="Store the DICOM-SEG and a measurement SR (segment volumes) in this PACS: "
                                  "dicomweb://HOST:PORT/dicom-web or AET@HOST:PORT."),
-    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+    json_out: Json = False,
 ) -> None:
     """Segment images: a trained model, or a promptable one with --box / --point (3D: propagated
     from --slice through neighbouring slices). Writes masks as NIfTI on the source geometry, PNG
@@ -114,15 +113,19 @@ def train_seg_command(
     force: bool = typer.Option(False, "--force", help="Write into a non-empty --out."),
     resume: bool = typer.Option(False, "--resume", help="Continue a run in --out from its last checkpoint."),
     eval_only: bool = typer.Option(False, "--eval-only", help="Evaluate the model saved in --out on the test split; no training."),
-    data_dir: Path = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
-    device: str = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
-    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+    data_dir: DataDir = None,
+    device: Device = None,
+    json_out: Json = False,
 ) -> None:
     """Train a segmentation network (MONAI) on a dataset's train split, select on val, report test."""
     from medfm._paths import prepare_out_dir
     from medfm._runtime import configure_threads, default_device
     from medfm.cli._common import err_console, out_console, print_json
-    from medfm.tasks.segmentation.pipeline import DATASET_DEFAULTS, nan_to_none, train_and_evaluate
+    from medfm.tasks.segmentation.pipeline import (
+        DATASET_DEFAULTS,
+        nan_to_none,
+        train_and_evaluate,
+    )
     from medfm.tasks.segmentation.train import SegTrainConfig
 
     if (dataset is None) == (folder is None):
@@ -199,9 +202,9 @@ def seg_ensemble_command(
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for CIs."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: the ensemble (a model folder) + results.json."),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty --out."),
-    data_dir: Path = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
-    device: str = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
-    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+    data_dir: DataDir = None,
+    device: Device = None,
+    json_out: Json = False,
 ) -> None:
     """Average trained models (e.g. train-seg runs with other seeds) into one, as nnU-Net ensembles
     its folds; choose its post-processing on val and report test. `medfm segment --model OUT` uses it."""
@@ -241,14 +244,19 @@ def seg_eval_command(
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     out: Path = typer.Option(None, "--out", "-o", help="Write cases.csv and results.json here."),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty --out."),
-    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+    json_out: Json = False,
 ) -> None:
     """Dice, IoU, HD95, ASSD, NSD (mm) and volume difference per case and label, with bootstrap CIs.
     Every case counts; a label absent in both masks scores Dice 1 (empty vs empty)."""
     from medfm._paths import prepare_out_dir
     from medfm.cli._common import err_console, out_console, print_json
     from medfm.results import write_results
-    from medfm.tasks.segmentation.evaluate import SegEvalConfig, evaluate_folders, to_records, write_case_csv
+    from medfm.tasks.segmentation.evaluate import (
+        SegEvalConfig,
+        evaluate_folders,
+        to_records,
+        write_case_csv,
+    )
     from medfm.tasks.segmentation.pipeline import nan_to_none
 
     lab = _int_tuple(labels, "--labels") or None
