@@ -260,9 +260,10 @@ def test_finetune_full_and_lora_on_the_architectures(model_id: str, shape: tuple
     assert all(torch.equal(before[k], after[k]) for k in before)  # the caller's model is untouched
 
 
-def test_default_bench_set_has_the_installed_pretrained_models() -> None:
+def test_default_bench_set_has_the_installed_pretrained_models(shared_data: Path, monkeypatch) -> None:
     """The no-argument ``medfm bench`` runs every packaged model whose weights are installed
     beside the scratch ResNet-18 (2D models on the 2D default; the CT encoder only on 3D sets)."""
+    monkeypatch.setenv("MEDFM_DATA", str(shared_data))  # planning reads the dataset's card and file
     from medfm.bench import BenchSpec, default_models, plan
     from medfm.models import packaged
     from medfm.models.zoo import get_model_card
