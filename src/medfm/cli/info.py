@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from medfm.cli._common import Json
+
 
 def register(app: typer.Typer) -> None:
     app.command("info")(info_command)
@@ -20,7 +22,7 @@ def info_command(
     allow_gaps: bool = typer.Option(
         False, "--allow-gaps", help="Read a series with missing slices or irregular slice spacing (named in a warning)."
     ),
-    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+    json_out: Json = False,
 ) -> None:
     """Show modality, shape, dtype, spacing, origin, orientation and value range of an image."""
     from medfm.cli._common import out_console, print_json, warnings_on_stderr

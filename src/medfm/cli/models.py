@@ -7,6 +7,8 @@ from typing import Any
 
 import typer
 
+from medfm.cli._common import Json
+
 models_app = typer.Typer(help="Model cards: list, show, download (pull) or import weights.", no_args_is_help=True)
 
 
@@ -47,7 +49,7 @@ def _weights_cell(r: dict[str, Any]) -> str:
 
 
 @models_app.command("list")
-def list_command(json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout.")) -> None:
+def list_command(json_out: Json = False) -> None:
     """List every model card and whether its weights are on this machine."""
     from rich.table import Column, Table
 
@@ -69,7 +71,7 @@ def list_command(json_out: bool = typer.Option(False, "--json", help="Machine-re
 @models_app.command("show")
 def show_command(
     model_id: str = typer.Argument(..., help="Model id (see `medfm models list`)."),
-    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+    json_out: Json = False,
 ) -> None:
     """Show a model card and where its weights are (or what to do to get them)."""
     from medfm.cli._common import out_console, print_json
@@ -112,7 +114,7 @@ def pull_command(
     revision: str | None = typer.Option(
         None, "--revision", help="Hub branch, tag or commit to download (default: the card's pin, else main)."
     ),
-    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+    json_out: Json = False,
 ) -> None:
     """Download a model's weights into medfm's cache (licence and gating are printed first); the
     commit downloaded is recorded with them and in the provenance of every result they make."""
@@ -139,7 +141,7 @@ def import_command(
     model_id: str = typer.Argument(..., help="Model id the folder holds (see `medfm models list`)."),
     path: Path = typer.Argument(..., help="Folder copied in by hand (a hub snapshot or a medfm model folder)."),
     link: bool = typer.Option(False, "--link", help="Symlink the files instead of copying them."),
-    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+    json_out: Json = False,
 ) -> None:
     """Register weights copied in by hand (air-gapped sites); the source folder is never changed."""
     from medfm.cli._common import err_console, print_json

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 
+from medfm.cli._common import Json
 from medfm.errors import InputError
 
 pacs_app = typer.Typer(help="Talk to a PACS (DICOMweb or DIMSE): echo, search, retrieve, store.", no_args_is_help=True)
@@ -42,7 +43,7 @@ def echo_command(
     address: str = typer.Argument(..., help=ADDRESS_HELP),
     calling_aet: str = typer.Option("MEDFM", "--calling-aet", help="Our AE title (DIMSE)."),
     timeout: float = typer.Option(10.0, "--timeout", min=0.1, help=TIMEOUT_HELP),
-    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+    json_out: Json = False,
 ) -> None:
     """C-ECHO a DICOM node; for a DICOMweb address, one QIDO-RS query (is the server there and answering?)."""
     import time
@@ -75,7 +76,7 @@ def search_command(
     limit: int = typer.Option(None, "--limit", min=1, help="At most N results (DICOMweb)."),
     calling_aet: str = typer.Option("MEDFM", "--calling-aet", help="Our AE title (DIMSE)."),
     timeout: float = typer.Option(30.0, "--timeout", min=0.1, help=TIMEOUT_HELP),
-    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+    json_out: Json = False,
 ) -> None:
     """Search studies (QIDO-RS or C-FIND) with filters, or the series of one study (--study)."""
     from medfm.cli._common import out_console, print_json
@@ -123,7 +124,7 @@ def retrieve_command(
     force: bool = typer.Option(False, "--force", help="Replace files that already exist in --out."),
     calling_aet: str = typer.Option("MEDFM", "--calling-aet", help="Our AE title (DIMSE)."),
     timeout: float = typer.Option(60.0, "--timeout", min=0.1, help=TIMEOUT_HELP),
-    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+    json_out: Json = False,
 ) -> None:
     """Retrieve a series (or a whole study) into a local folder: WADO-RS, C-GET or C-MOVE. All or nothing per series."""
     from medfm.cli._common import out_console, print_json
@@ -196,7 +197,7 @@ def store_command(
     paths: list[Path] = typer.Argument(..., help="DICOM files or folders (searched recursively)."),
     calling_aet: str = typer.Option("MEDFM", "--calling-aet", help="Our AE title (DIMSE)."),
     timeout: float = typer.Option(60.0, "--timeout", min=0.1, help=TIMEOUT_HELP),
-    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+    json_out: Json = False,
 ) -> None:
     """Send DICOM files to the PACS: STOW-RS (DICOMweb address) or C-STORE (AET@HOST:PORT)."""
     from medfm.cli._common import out_console, print_json

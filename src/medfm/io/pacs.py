@@ -510,18 +510,24 @@ def get_series(node: DimseNode, study: str, series: str, out_dir: str | Path, ov
     try:
         assoc = _associate(ae, node, "C-GET", ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, _store_handler(stage, errors))])
         q = _series_query(study, series)
-        last = None
-        try:
-            for status, _ident in assoc.send_c_get(q, GET):
-                last = status
-        finally:
-            if assoc.is_established:
-                assoc.release()
+        last = _last_status(assoc, assoc.send_c_get(q, GET))
         _check_retrieve(node, "C-GET", last, stage, errors, study, series)
     except Exception:
         stage.abort()
         raise
     return stage.commit()
+
+
+def _last_status(assoc: Any, responses: Any) -> Any:
+    """The last status of a C-GET / C-MOVE response stream; the association is released either way."""
+    last = None
+    try:
+        for status, _ident in responses:
+            last = status
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return last
 
 
 def _series_query(study: str, series: str) -> Any:
@@ -576,13 +582,7 @@ def move_series(node: DimseNode, study: str, series: str, out_dir: str | Path, m
             ae.add_requested_context(MOVE)
             assoc = _associate(ae, node, "C-MOVE")
             q = _series_query(study, series)
-            last = None
-            try:
-                for status, _ident in assoc.send_c_move(q, move_aet, MOVE):
-                    last = status
-            finally:
-                if assoc.is_established:
-                    assoc.release()
+            last = _last_status(assoc, assoc.send_c_move(q, move_aet, MOVE))
         finally:
             server.shutdown()
         _check_retrieve(node, "C-MOVE", last, stage, errors, study, series)
