@@ -2,7 +2,8 @@
 
 ``RayExecutor(address=...)`` joins a cluster (``"auto"``, ``"HOST:PORT"``, ``"ray://..."``) or
 starts a one-machine runtime; ``map`` keeps at most ``workers`` cells in flight, each a task
-asking for ``cpus`` CPUs, ``gpus`` GPUs and ``memory_gb`` memory. A cell whose task fails for
+asking for ``cpus`` CPUs, ``gpus`` GPUs and ``memory_gb`` memory, placed round-robin over the
+nodes (Ray's ``SPREAD`` strategy). A cell whose task fails for
 any reason but a ``MedfmError`` (a worker killed, a node lost, an out-of-memory kill) is
 resubmitted up to ``max_retries`` times and then handed to the runner as failed, never dropped;
 a result that arrives twice for one cell (a retried task that had finished after all) is kept
@@ -132,6 +133,9 @@ class RayExecutor:
         options: dict[str, Any] = {
             "num_cpus": self.cpus, "num_gpus": self.gpus, "max_retries": 0, "name": "medfm-cell",
             "runtime_env": {"env_vars": worker_env(threads)},
+            # cells are independent and heavy: place them round-robin over the nodes rather than
+            # packing the driver's node first (Ray's default), so a cluster is used from the first cell
+            "scheduling_strategy": "SPREAD",
         }
         if self.memory_gb:
             options["memory"] = int(self.memory_gb * 1024**3)
