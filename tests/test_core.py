@@ -52,6 +52,27 @@ def test_results_round_trip(tmp_path) -> None:
     assert recs[0].key() == rec.key() and spec["name"] == "x"
 
 
+def test_results_text_is_json_indented_and_the_memo_only_adds_new_records(tmp_path) -> None:
+    """results.json spliced from memoised record texts is byte-equal to ``json.dumps(doc, indent=2)``."""
+    import json
+
+    from medfm.results import Completeness, load_results, record_digest
+    from medfm._config import to_dict
+
+    recs = [Record("breastmnist", "test", "m", "knn", {"auroc": MetricValue(0.9, 0.8, float("nan"), n=3)}, shots=s,
+                   seed=0, n=156, provenance={"config": {"a": [1, {"b": "x\ny"}]}}) for s in (1, 4)]
+    memo: dict = {}
+    p = write_results(tmp_path / "r.json", recs[:1], _Cfg(), Completeness(2, 1), memo)
+    p = write_results(p, recs, _Cfg(), Completeness(2, 2), memo)
+    rows = [to_dict(r) for r in recs]
+    doc = {"medfm_version": json.loads(p.read_text())["medfm_version"], "spec": to_dict(_Cfg()),
+           "completeness": to_dict(Completeness(2, 2)), "record_sha256": [record_digest(r) for r in rows], "records": rows}
+    assert p.read_text() == json.dumps(doc, indent=2, allow_nan=True)
+    assert len(memo) == 2 and load_results(p).problems == ()
+    empty = write_results(tmp_path / "e.json", [], _Cfg())
+    assert json.loads(empty.read_text())["records"] == []
+
+
 def test_atomic_path_leaves_nothing_on_failure(tmp_path) -> None:
     target = tmp_path / "f.txt"
     with pytest.raises(RuntimeError), atomic_path(target) as tmp:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,22 +148,44 @@ def record_digest(record: Record | dict[str, Any]) -> str:
 
 
 def write_results(
-    path: str | Path, records: list[Record], spec: Any, completeness: Completeness | None = None
+    path: str | Path, records: list[Record], spec: Any, completeness: Completeness | None = None,
+    memo: dict[int, tuple[Record, str, str]] | None = None,
 ) -> Path:
     """Write ``results.json`` atomically (a crash never leaves a half-written file).
 
     ``completeness`` defaults to "every result the caller planned": ``len(records)`` of ``len(records)``.
+    ``memo`` (a dict the caller keeps between writes, as the bench runner does after every cell)
+    holds each record's JSON text and checksum, so rewriting a growing file costs the new
+    records only; records must not be changed after they were written with a memo.
     """
     path = Path(path)
     if completeness is None:
         completeness = Completeness(len(records), len(records))
-    rows = [to_dict(r) for r in records]
-    doc = {
-        "medfm_version": __version__, "spec": to_dict(spec), "completeness": to_dict(completeness),
-        "record_sha256": [record_digest(r) for r in rows], "records": rows,
-    }
-    atomic_write_text(path, json.dumps(doc, indent=2, allow_nan=True))
+    memo = {} if memo is None else memo
+    texts, sums = [], []
+    for r in records:
+        hit = memo.get(id(r))
+        if hit is None or hit[0] is not r:
+            row = to_dict(r)
+            hit = memo[id(r)] = (r, json.dumps(row, indent=2, allow_nan=True), record_digest(row))
+        texts.append(hit[1])
+        sums.append(hit[2])
+    head = {"medfm_version": __version__, "spec": to_dict(spec), "completeness": to_dict(completeness),
+            "record_sha256": sums}
+    atomic_write_text(path, _results_text(head, texts))
     return path
+
+
+def _results_text(head: dict[str, Any], record_texts: list[str]) -> str:
+    """``json.dumps({**head, "records": rows}, indent=2)``, spliced from each row's own indented
+    text (json's indented encoder is pure Python: re-encoding every row on every write is slow)."""
+    text = json.dumps({**head, "records": []}, indent=2, allow_nan=True)
+    if not record_texts:
+        return text
+    tail = "[]\n}"
+    assert text.endswith(tail), text[-40:]
+    body = ",\n".join(textwrap.indent(t, "    ") for t in record_texts)
+    return text[: -len(tail)] + "[\n" + body + "\n  ]\n}"
 
 
 @dataclass

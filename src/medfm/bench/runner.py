@@ -582,10 +582,11 @@ def run_bench(
     todo = [c for c in cells if not _is_done(c, done)]
     resumed = len(cells) - len(todo)
     run = BenchRun(out=out, run_id=run_id, records=[], notes=notes, warnings=warnings, resumed=resumed, results=results_path)
+    memo: dict = {}  # each record's JSON text and checksum: results.json is rewritten after every cell
 
     def finish_cell(rec: Record) -> None:
         records[rec.key()] = rec
-        write_results(results_path, _ordered(records.values(), cells), spec, completeness(cells, records, others))
+        write_results(results_path, _ordered(records.values(), cells), spec, completeness(cells, records, others), memo)
         if results_store is not None:
             results_store.add(run_id, [rec], out_dir=out)
 
@@ -611,7 +612,7 @@ def run_bench(
             run.computed += 1
     status = run.completeness = completeness(cells, records, others)
     if error is None and (not todo or not status.complete):
-        write_results(results_path, _ordered(records.values(), cells), spec, status)
+        write_results(results_path, _ordered(records.values(), cells), spec, status, memo)
     run.records = _ordered(records.values(), cells)
     run.seconds = time.perf_counter() - t0
     if error is not None:
