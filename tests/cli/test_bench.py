@@ -93,6 +93,25 @@ def test_non_empty_or_unwritable_out_keeps_earlier_results(shared_data, tmp_path
     assert "--resume needs --out" in _one_line_error(capsys)
 
 
+def test_cache_dir_and_store_take_urls(shared_data, tmp_path, monkeypatch, capsys) -> None:
+    """``--cache-dir`` / ``--store`` given as fsspec URLs land there, not in a local folder named ``memory:``."""
+    import uuid
+
+    import fsspec
+
+    monkeypatch.chdir(tmp_path)
+    root = f"memory://{uuid.uuid4().hex[:8]}"
+    args = ["--dataset", "breastmnist", "--model", TINY, "--protocol", "prototype", "--shots", "2", "--seeds", "1",
+            "--no-report", "--cache-dir", f"{root}/cells", "--store", f"{root}/store", "--json"]
+    assert _bench([*args, "--out", "o"], shared_data) == 0
+    assert json.loads(capsys.readouterr().out)["computed"] == 1
+    fs = fsspec.filesystem("memory")
+    assert [p for p in fs.find(f"{root}/cells") if p.endswith(".json")] and fs.find(f"{root}/store")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
+    assert _bench([*args, "--out", "o2"], shared_data) == 0
+    assert json.loads(capsys.readouterr().out)["cached"] == 1
+
+
 @pytest.mark.slow  # builds a timm model and trains a ResNet-18 for one epoch
 def test_folder_dataset_with_scratch_from_config(tmp_path, capsys) -> None:
     from PIL import Image

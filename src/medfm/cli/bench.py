@@ -140,10 +140,11 @@ def register(app: typer.Typer) -> None:
         cpus_per_cell: float = typer.Option(1.0, "--cpus-per-cell", help="CPUs each Ray cell asks for (its torch threads)."),
         gpus_per_cell: float = typer.Option(0.0, "--gpus-per-cell", help="GPUs each Ray cell asks for (e.g. 1, or 0.25 to share one)."),
         memory_per_cell: float = typer.Option(None, "--memory-per-cell", help="GiB of memory each Ray cell asks for."),
-        cache_dir: Path = typer.Option(None, "--cache-dir", help="Cell cache folder; on a cluster a mount every node reaches (default: MEDFM_HOME/cells)."),
+        cache_dir: str = typer.Option(None, "--cache-dir", help="Cell cache: a folder or an fsspec URL (s3://...); on a cluster storage every node reaches (default: MEDFM_CELL_CACHE or MEDFM_HOME/cells)."),
+        store: str = typer.Option(None, "--store", help="Results store: a SQLite file or an fsspec URL (default: MEDFM_STORE or MEDFM_HOME/results.sqlite)."),
     ) -> None:
         """Benchmark models x protocols x shots x seeds on datasets; write results.json and report.html."""
-        from medfm.bench import CellCache, default_out_dir, run_bench
+        from medfm.bench import CellCache, ResultsStore, default_out_dir, run_bench
 
         if force and resume:
             raise ConfigError("--force and --resume exclude each other")
@@ -158,6 +159,7 @@ def register(app: typer.Typer) -> None:
             run = run_bench(
                 spec, target, force=force, resume=resume, report=not no_report, executor=ex,
                 cache=CellCache(cache_dir) if cache_dir is not None else None,
+                store=ResultsStore(store) if store is not None else True,
                 progress=lambda items, total, desc: progress(items, total=total, desc=desc, unit="cell"),
             )
             exec_info = _executor_summary(ex)
