@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--n-2d", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--ct-precisions", default="fp32,bf16", help="bf16 autocast pays only on AMX / AVX512-BF16 CPUs")
+    ap.add_argument("--ct-precisions", default="fp32,bf16", help="bf16 autocast pays only on AMX / AVX512-BF16 CPUs; empty: skip the CT encoder")
     ap.add_argument("--2d-precisions", dest="precisions_2d", default="fp32,bf16", help="empty: skip the 2D model")
     args = ap.parse_args()
 
@@ -68,7 +68,7 @@ def main() -> None:
             for i in range(0, args.n_ct, args.batch_size):
                 ref(x_ref[i:i + args.batch_size]).float().mean(dim=(2, 3, 4))
 
-    for prec in args.ct_precisions.split(","):
+    for prec in [p for p in args.ct_precisions.split(",") if p]:
         ours, bare = _best_rates(
             lambda: embed_arrays(ct, vols, batch_size=args.batch_size, precision=prec, progress=False),
             lambda: bare_ct(prec), args.n_ct, args.rounds)
