@@ -61,6 +61,10 @@ def test_cache_miss_then_hit(model, images, tmp_path: Path) -> None:
     np.testing.assert_array_equal(a, b)
     embed_cached(model, images, "data-v2", cache=cache, chunk_size=16, progress=False)
     assert cache.last.chunks_computed == 4  # other data, other key
+    # another chunk size asked for later keeps the entry's chunks (it once deleted them and re-embedded)
+    c = embed_cached(model, images, "data-v1", cache=cache, chunk_size=2048, progress=False)
+    assert cache.last.chunks_hit == 4 and cache.last.chunks_computed == 0
+    np.testing.assert_array_equal(a, c)
 
 
 def test_cache_invalidated_by_weights_and_preprocessing(model, images, tmp_path: Path) -> None:

@@ -206,8 +206,19 @@ class EmbeddingCache:
         index[str(i)] = {"rows": int(arr.shape[0]), "sha256": file_hash(p)}
         atomic_write_text(d / "index.json", json.dumps(index, indent=1, sort_keys=True))
 
+    def chunk_size_of(self, key: str, fields: dict[str, Any], default: int) -> int:
+        """The chunk size of the entry already holding ``key`` (its chunks stay valid whatever
+        size a later caller asks for: the embeddings do not depend on it), else ``default``."""
+        try:
+            old = json.loads((self.entry_dir(key) / "meta.json").read_text())
+        except (OSError, ValueError):
+            return default
+        size = old.pop("chunk_size", None) if isinstance(old, dict) else None
+        return size if old == fields and isinstance(size, int) and size > 0 else default
+
     def open_entry(self, key: str, fields: dict[str, Any], chunk_size: int) -> Path:
-        """Entry folder for ``key``; an entry written with another chunk size is started afresh."""
+        """Entry folder for ``key``; an entry of another layout (or chunk size) is started afresh,
+        so callers first ask :meth:`chunk_size_of` to keep the chunks an entry already holds."""
         d = self.entry_dir(key)
         meta = {**fields, "chunk_size": chunk_size}
         try:
@@ -241,6 +252,7 @@ def embed_cached(
     cache = cache or EmbeddingCache()
     n = _n_images(images, adapter.card.input_ndim)
     key, fields = cache.key(adapter, data_key, n, kw.get("precision", "auto"))
+    chunk_size = cache.chunk_size_of(key, fields, chunk_size)  # an entry started with other chunks keeps them
     d = cache.open_entry(key, fields, chunk_size)
     stats = CacheStats(key=key, path=str(d))
     parts: list[np.ndarray] = []

@@ -156,9 +156,9 @@ class RayEmbedder:
             cache = EmbeddingCache(Path(tmp))
         try:
             ckey, fields = cache.key(self._key_view, key, n)  # type: ignore[arg-type]
-            d = cache.open_entry(ckey, fields, self.job.shard_size)
+            size = cache.chunk_size_of(ckey, fields, self.job.shard_size)  # shards = the entry's chunks
+            d = cache.open_entry(ckey, fields, size)
             stats = CacheStats(key=ckey, path=str(d))
-            size = self.job.shard_size
             shards = [(i, s, min(n, s + size)) for i, s in enumerate(range(0, n, size))]
             todo = []
             for i, s, e in shards:
