@@ -233,15 +233,21 @@ def federated_command(
     size_skew: float | None = typer.Option(None, "--size-skew", help="Dirichlet concentration over site sizes (default: none)."),
     rounds: int = typer.Option(20, "--rounds", min=1, help="Federated rounds (the best round on val is kept)."),
     local_epochs: int = typer.Option(1, "--local-epochs", min=1, help="Local epochs per round."),
-    strategy: str = typer.Option("fedavg", "--strategy", help="fedavg | fedprox."),
+    strategy: str = typer.Option("fedavg", "--strategy", help="fedavg | fedprox | fedavgm (server momentum) | "
+                                 "fedadam (server Adam)."),
     mu: float = typer.Option(0.01, "--mu", help="FedProx proximal weight."),
+    server_lr: float = typer.Option(1.0, "--server-lr", help="Server step along the sites' mean update (1 = plain average)."),
+    server_momentum: float = typer.Option(0.9, "--server-momentum", help="FedAvgM momentum / FedAdam beta1."),
+    standardise: bool = typer.Option(False, "--standardise/--no-standardise", help="Standardise features with the "
+                                     "sites' summed moments (frozen-feature head; off under DP)."),
     lr: float = typer.Option(1e-3, "--lr", help="Local learning rate."),
     optimizer: str = typer.Option("adam", "--optimizer", help="Local optimiser: adam | sgd."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Local batch size (expected size under DP's Poisson sampling)."),
     max_grad_norm: float = typer.Option(1.0, "--max-grad-norm", help="DP-SGD per-sample clipping norm."),
     encoder: str | None = typer.Option(None, "--encoder", help="Train a linear head on this frozen encoder's embeddings "
                                        "(e.g. imagenet/efficientnet-lite0) instead of a small CNN on the images."),
-    grid: str | None = typer.Option(None, "--grid", help="Tune every arm on val over e.g. 'lr=1e-3,3e-3;local_epochs=1,2'."),
+    grid: str | None = typer.Option(None, "--grid", help="Tune every arm on val over e.g. 'lr=1e-3,3e-3;local_epochs=1,2;"
+                                    "standardise=false,true' (keys: rounds, strategy, server_lr, mu, batch_size, ...)."),
     dp_grid: str | None = typer.Option(None, "--dp-grid", help="Grid for the DP runs (default: --grid), e.g. "
                                        "'lr=0.1,0.5;max_grad_norm=0.1,1;batch_size=32,64'."),
     dp_epsilon: str | None = typer.Option(None, "--dp-epsilon", help="DP-SGD per-site epsilon(s), e.g. 1,3,8 (privacy-utility curve)."),
@@ -272,7 +278,8 @@ def federated_command(
     except ValueError as exc:
         raise ConfigError(f"--dp-epsilon: expected numbers like 1,3,8, got {dp_epsilon!r}") from exc
     cfg = FederatedConfig(sites=sites, alpha=alpha, size_skew=size_skew, rounds=rounds, local_epochs=local_epochs,
-                          strategy=strategy, mu=mu, lr=lr, optimizer=optimizer, batch_size=batch_size, max_grad_norm=max_grad_norm,
+                          strategy=strategy, mu=mu, server_lr=server_lr, server_momentum=server_momentum,
+                          standardise=standardise, lr=lr, optimizer=optimizer, batch_size=batch_size, max_grad_norm=max_grad_norm,
                           dp_delta=dp_delta, single_sites=single_sites, n_boot=n_boot, seed=seed)
     for e in eps:
         FederatedConfig(dp_epsilon=e)  # validate before any work

@@ -10,7 +10,11 @@ centralised model (all training images in one place, same epochs) and each site 
 global model of every round is scored on the validation split and the best round is kept
 (the same rule for every arm). Each round every site starts from the global weights, trains
 ``local_epochs`` (FedProx adds (mu / 2) ||w - w_global||^2 to its loss), and the server
-averages the weights weighted by the sites' sizes (McMahan et al. 2017).
+averages the weights weighted by the sites' sizes (McMahan et al. 2017). The server may treat
+"global minus average" as a pseudo-gradient and step along it with its own optimiser (Reddi et al.
+2021, "Adaptive federated optimization"): ``server_lr`` scales the step, ``fedavgm`` adds server
+momentum (Hsu et al. 2019), ``fedadam`` is Adam on the server; the formulas are Flower's
+``FedAvgM`` / ``FedAdam`` (``ServerOptimizer``), so a simulated and a gRPC run agree.
 
 With ``cfg.dp_epsilon`` each site trains with Opacus DP-SGD (per-sample clipping at
 ``max_grad_norm``, Gaussian noise calibrated by Opacus to reach ``dp_epsilon`` at ``dp_delta``
@@ -19,7 +23,13 @@ over all its local steps); the per-site epsilon reported is the one Opacus' acco
 Frozen features: when the splits hold embeddings (N, D) instead of images, each site trains a
 linear head on them (``embed_splits`` computes L2-normalised embeddings of a frozen encoder,
 per sample, so no statistic crosses sites). DP-SGD on a linear head over frozen features is the
-standard remedy for DP's utility loss (Tramer & Boneh 2021; De et al. 2022).
+standard remedy for DP's utility loss (Tramer & Boneh 2021; De et al. 2022). With
+``standardise`` the head first standardises each feature with the mean / variance of the arm's
+training data; a federation gets them from the sites' summed moments (count, sum, sum of
+squares: the same numbers as pooling, without sharing a sample), the centralised arm from all
+training images, a single site from its own. The statistics are buffers of the model, so they
+travel with its weights. They are not privatised: under DP-SGD the reported epsilon covers the
+training steps only, so ``standardise`` is switched off in DP runs.
 
 ``select_on_val(data, cfg, grid)`` tunes every arm on the validation split only: each arm
 (federated, centralised, each site) is trained at every grid point (e.g. ``lr`` x
@@ -43,16 +53,19 @@ import numpy as np
 
 from medfm.errors import ConfigError, InputError
 
-STRATEGIES = ("fedavg", "fedprox")
+STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam")
+ADAM_BETA2, ADAM_TAU = 0.99, 1e-3  # FedAdam (Reddi et al. 2021: tau 1e-3 works across their tasks)
 
 
 @dataclass
 class FederatedConfig:
     """``sites``, Dirichlet ``alpha`` (label skew), ``size_skew`` (None = sizes follow the
     label split only; a number = Dirichlet concentration over site sizes), ``rounds``,
-    ``local_epochs``, ``strategy`` fedavg | fedprox with ``mu``; local ``optimizer`` adam | sgd
-    (momentum 0.9), kept across rounds at each site unless ``reset_optimizer``; DP: ``dp_epsilon`` (None = off),
-    ``dp_delta``, ``max_grad_norm``; optimiser ``lr`` / ``batch_size``; ``n_boot`` for CIs."""
+    ``local_epochs``, ``strategy`` fedavg | fedprox (with ``mu``) | fedavgm | fedadam, the server's
+    ``server_lr`` and ``server_momentum`` (FedAvgM's momentum, FedAdam's beta1); local ``optimizer``
+    adam | sgd (momentum 0.9), kept across rounds at each site unless ``reset_optimizer``; ``standardise``
+    features with the arm's pooled moments; DP: ``dp_epsilon`` (None = off), ``dp_delta``,
+    ``max_grad_norm``; optimiser ``lr`` / ``batch_size``; ``n_boot`` for CIs."""
 
     sites: int = 5
     alpha: float = 0.5
@@ -61,6 +74,9 @@ class FederatedConfig:
     local_epochs: int = 1
     strategy: str = "fedavg"
     mu: float = 0.01
+    server_lr: float = 1.0
+    server_momentum: float = 0.9
+    standardise: bool = False
     lr: float = 1e-3
     optimizer: str = "adam"
     reset_optimizer: bool = False
@@ -83,6 +99,9 @@ class FederatedConfig:
             raise ConfigError("federated: sites, rounds, local_epochs and batch_size must be >= 1")
         if self.alpha <= 0 or (self.size_skew is not None and self.size_skew <= 0):
             raise ConfigError(f"federated: alpha and size_skew must be positive (got {self.alpha}, {self.size_skew})")
+        if self.server_lr <= 0 or not 0 <= self.server_momentum < 1:
+            raise ConfigError(f"federated: server_lr must be positive and server_momentum in [0, 1) "
+                              f"(got {self.server_lr}, {self.server_momentum})")
         if self.dp_epsilon is not None and self.dp_epsilon <= 0:
             raise ConfigError(f"federated: dp_epsilon must be positive, got {self.dp_epsilon}")
 
@@ -121,13 +140,54 @@ def check_sites(parts: list[np.ndarray], min_samples: int = 1) -> None:
 # --------------------------------------------------------------------------------------
 # model and local training
 # --------------------------------------------------------------------------------------
-def build_model(x: np.ndarray, n_classes: int) -> Any:
-    """The model for these inputs: a linear head on features (N, D), else ``build_cnn`` on images."""
+def build_model(x: np.ndarray, n_classes: int, standardise: bool = False) -> Any:
+    """The model for these inputs: a linear head on features (N, D) (after ``Standardise`` when
+    ``standardise``), else ``build_cnn`` on images."""
     from torch import nn
 
     if x.ndim == 2:
-        return nn.Linear(x.shape[1], n_classes)
+        head = nn.Linear(x.shape[1], n_classes)
+        return nn.Sequential(_standardise_module(x.shape[1]), head) if standardise else head
     return build_cnn(x.shape[1], n_classes, x.shape[-1])
+
+
+def _standardise_module(dim: int) -> Any:
+    """(x - mean) / std with mean and std as buffers (not trained; set by ``set_standardisation``)."""
+    import torch
+    from torch import nn
+
+    class Standardise(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("mean", torch.zeros(dim))
+            self.register_buffer("std", torch.ones(dim))
+
+        def forward(self, x: Any) -> Any:
+            return (x - self.mean) / self.std
+
+    return Standardise()
+
+
+def moments(x: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """What one site shares for standardisation: its count, per-feature sum and sum of squares."""
+    x = np.asarray(x, dtype=np.float64)
+    return len(x), x.sum(axis=0), (x * x).sum(axis=0)
+
+
+def pooled_mean_std(site_moments: list[tuple[int, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of the union of the sites from their summed moments (equal to pooling the data)."""
+    n = float(sum(m[0] for m in site_moments))
+    mean = sum(m[1] for m in site_moments) / n
+    var = np.maximum(sum(m[2] for m in site_moments) / n - mean * mean, 0.0)
+    return mean, np.sqrt(var) + 1e-6
+
+
+def set_standardisation(model: Any, mean: np.ndarray, std: np.ndarray) -> None:
+    """Load ``mean`` / ``std`` into the model's ``Standardise`` layer."""
+    import torch
+
+    model[0].mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+    model[0].std.copy_(torch.as_tensor(std, dtype=torch.float32))
 
 
 def build_cnn(in_channels: int, n_classes: int, size: int) -> Any:
@@ -170,6 +230,34 @@ def average(weights: list[list[np.ndarray]], sizes: list[int]) -> list[np.ndarra
     """FedAvg: per-array mean weighted by the sites' sample counts."""
     total = float(sum(sizes))
     return [sum(w[i] * (n / total) for w, n in zip(weights, sizes, strict=True)) for i in range(len(weights[0]))]
+
+
+class ServerOptimizer:
+    """The server's step from the global weights towards the sites' average (module doc), as Flower computes it:
+    fedavg / fedprox: w - server_lr * (w - avg) (the average itself at server_lr 1); fedavgm: the same with momentum
+    (``FedAvgM``: m = momentum * m + (w - avg)); fedadam: ``FedAdam`` (beta1 = server_momentum, its bias-corrected step)."""
+
+    def __init__(self, cfg: FederatedConfig) -> None:
+        self.strategy, self.lr, self.beta1 = cfg.strategy, cfg.server_lr, cfg.server_momentum
+        self.m: list[np.ndarray] | None = None
+        self.v: list[np.ndarray] | None = None
+        self.round = 0
+
+    def step(self, glob: list[np.ndarray], avg: list[np.ndarray]) -> list[np.ndarray]:
+        self.round += 1
+        if self.strategy == "fedadam":
+            delta = [a - g for g, a in zip(glob, avg, strict=True)]
+            self.m = [self.beta1 * m + (1 - self.beta1) * d for m, d in zip(self.m or [0 * d for d in delta], delta, strict=True)]
+            self.v = [ADAM_BETA2 * v + (1 - ADAM_BETA2) * d * d for v, d in zip(self.v or [0 * d for d in delta], delta, strict=True)]
+            eta = self.lr * math.sqrt(1 - ADAM_BETA2 ** (self.round + 1)) / (1 - self.beta1 ** (self.round + 1))
+            return [g + eta * m / (np.sqrt(v) + ADAM_TAU) for g, m, v in zip(glob, self.m, self.v, strict=True)]
+        pseudo = [g - a for g, a in zip(glob, avg, strict=True)]
+        if self.strategy == "fedavgm" and self.beta1 > 0:
+            self.m = pseudo if self.m is None else [self.beta1 * m + p for m, p in zip(self.m, pseudo, strict=True)]
+            pseudo = self.m
+        if self.lr == 1.0 and self.strategy != "fedavgm":
+            return [np.asarray(a) for a in avg]
+        return [g - self.lr * p for g, p in zip(glob, pseudo, strict=True)]
 
 
 class Site:
@@ -300,14 +388,18 @@ def _train_arm(name: str, site_data: list[tuple[np.ndarray, np.ndarray]], data: 
 
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    model = build_model(data.train_x, data.n_classes)
+    std_on = _standardised(data, cfg)
+    model = build_model(data.train_x, data.n_classes, std_on)
+    if std_on:  # the arm's own training data: the sites' summed moments
+        set_standardisation(model, *pooled_mean_std([moments(x) for x, _ in site_data]))
     sites = [Site(x, y, model, cfg, cfg.seed + 1000 * i, rounds * cfg.local_epochs) for i, (x, y) in enumerate(site_data)]
     glob = get_weights(model)
+    server = ServerOptimizer(cfg)
     best = (-math.inf, 0, glob)
     vals = []
     for r in range(rounds):
         local = [s.fit(glob, cfg.local_epochs, mu) for s in sites]
-        glob = average(local, [s.n for s in sites]) if len(sites) > 1 else local[0]
+        glob = server.step(glob, average(local, [s.n for s in sites])) if len(sites) > 1 else local[0]
         set_weights(model, glob)
         v = _auroc(data.val_y, _probs(model, data.val_x), data.task)
         vals.append(round(v, 4))
@@ -320,11 +412,16 @@ def _train_arm(name: str, site_data: list[tuple[np.ndarray, np.ndarray]], data: 
     return arm
 
 
+def _standardised(data: Any, cfg: FederatedConfig) -> bool:
+    """Whether this arm's head standardises its features (features only, never under DP: module doc)."""
+    return bool(cfg.standardise and cfg.dp_epsilon is None and np.asarray(data.train_x).ndim == 2)
+
+
 def score_arm(arm: ArmResult, data: Any, cfg: FederatedConfig) -> ArmResult:
     """Test metrics (bootstrap CIs) of the arm's best-round weights, filled into ``arm.metrics``."""
     from medfm.metrics.classification import compute_metrics
 
-    model = build_model(data.train_x, data.n_classes)
+    model = build_model(data.train_x, data.n_classes, _standardised(data, cfg))
     set_weights(model, arm.weights)
     arm.test_scores = _probs(model, data.test_x)
     arm.metrics = compute_metrics(data.test_y, arm.test_scores, data.task, n_boot=cfg.n_boot, seed=cfg.seed)
@@ -394,7 +491,15 @@ def run_federated(data: Any, cfg: FederatedConfig | None = None) -> FederatedRes
     return FederatedResult(cfg, arms, [len(p) for p in parts], counts)
 
 
-GRID_KEYS = ("lr", "local_epochs", "rounds", "max_grad_norm", "batch_size", "optimizer", "mu")
+GRID_KEYS = ("lr", "local_epochs", "rounds", "max_grad_norm", "batch_size", "optimizer", "mu", "strategy", "server_lr",
+             "server_momentum", "standardise", "reset_optimizer")
+
+
+def _bool(text: str) -> bool:
+    t = text.strip().lower()
+    if t not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise ValueError(f"not a boolean: {text!r}")
+    return t in ("true", "1", "yes", "on")
 
 
 def parse_grid(text: str | None) -> dict[str, list[Any]]:
@@ -408,7 +513,7 @@ def parse_grid(text: str | None) -> dict[str, list[Any]]:
         key = key.strip()
         if not sep or key not in GRID_KEYS:
             raise ConfigError(f"federated grid: expected KEY=V1,V2 with KEY in {list(GRID_KEYS)}, got {part!r}")
-        cast = {"int": int, "float": float}.get(str(types[key]), str)
+        cast = {"int": int, "float": float, "bool": _bool}.get(str(types[key]), str)
         try:
             grid[key] = [cast(v.strip()) for v in vals.split(",") if v.strip()]
         except ValueError as exc:
@@ -433,6 +538,8 @@ def select_on_val(data: Any, cfg: FederatedConfig, grid: dict[str, list[Any]] | 
     if bad:
         raise ConfigError(f"federated: cannot tune {bad} (tunable: {list(GRID_KEYS)})")
     points = [dict(zip(grid, vals, strict=True)) for vals in itertools.product(*grid.values())] or [{}]
+    for point in points:  # a bad value (e.g. strategy=fedsgd) fails before any training
+        dataclasses.replace(cfg, **point)
     best: dict[str, tuple[float, dict[str, Any], ArmResult]] = {}
     table: dict[str, list[dict[str, Any]]] = {}
     first: FederatedResult | None = None
@@ -450,7 +557,7 @@ def select_on_val(data: Any, cfg: FederatedConfig, grid: dict[str, list[Any]] | 
     arms = {}
     for name, (_, point, arm) in best.items():
         arm.chosen = dict(point)
-        arms[name] = score_arm(arm, data, cfg)
+        arms[name] = score_arm(arm, data, dataclasses.replace(cfg, **point))  # e.g. its standardise setting
     chosen_cfg = dataclasses.replace(cfg, **best["federated"][1])
     return FederatedResult(chosen_cfg, arms, first.site_sizes, first.site_label_counts, table)
 
@@ -537,7 +644,17 @@ def run_flower_grpc(site_data: list[tuple[np.ndarray, np.ndarray]], n_classes: i
     init = fl.common.ndarrays_to_parameters(get_weights(model))
     kw = {"fraction_fit": 1.0, "fraction_evaluate": 0.0, "min_fit_clients": len(sites), "min_available_clients": len(sites),
           "initial_parameters": init}
-    base = fl.server.strategy.FedProx if cfg.strategy == "fedprox" else fl.server.strategy.FedAvg
+    st = fl.server.strategy
+    if cfg.strategy == "fedprox":
+        base, extra = st.FedProx, {"proximal_mu": cfg.mu}
+    elif cfg.strategy == "fedadam":
+        base, extra = st.FedAdam, {"eta": cfg.server_lr, "eta_l": cfg.lr, "beta_1": cfg.server_momentum,
+                                   "beta_2": ADAM_BETA2, "tau": ADAM_TAU}
+    elif cfg.strategy == "fedavgm" or cfg.server_lr != 1.0:
+        base, extra = st.FedAvgM, {"server_learning_rate": cfg.server_lr,
+                                   "server_momentum": cfg.server_momentum if cfg.strategy == "fedavgm" else 0.0}
+    else:
+        base, extra = st.FedAvg, {}
     final: dict[str, Any] = {}
 
     class Recording(base):  # keeps the last aggregated weights (start_server returns only the history)
@@ -548,15 +665,29 @@ def run_flower_grpc(site_data: list[tuple[np.ndarray, np.ndarray]], n_classes: i
                 final["round"] = server_round
             return params, metrics
 
-    strategy = Recording(proximal_mu=cfg.mu, **kw) if cfg.strategy == "fedprox" else Recording(**kw)
+    strategy = Recording(**extra, **kw)
     address = f"127.0.0.1:{port}"
     errors: list[BaseException] = []
 
+    server_done = threading.Event()
+
+    def refused(exc: BaseException) -> bool:  # the server thread is not listening yet
+        import grpc
+
+        return isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE
+
     def client(i: int) -> None:
-        try:
-            fl.client.start_client(server_address=address, client=flower_client(sites[i], cfg.local_epochs).to_client())
-        except BaseException as exc:  # surfaced below (the server stops waiting for clients, see Bounded)
-            errors.append(exc)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fl.client.start_client(server_address=address, client=flower_client(sites[i], cfg.local_epochs).to_client())
+                return
+            except BaseException as exc:  # surfaced below (the server stops waiting for clients, see Bounded)
+                if refused(exc) and not server_done.is_set() and time.monotonic() < deadline:
+                    time.sleep(0.2)  # a client started before the server listens: connect again
+                    continue
+                errors.append(exc)
+                return
 
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(len(sites))]
     for t in threads:
@@ -570,8 +701,11 @@ def run_flower_grpc(site_data: list[tuple[np.ndarray, np.ndarray]], n_classes: i
             return False
 
     wait = timeout
-    history = fl.server.start_server(server_address=address, strategy=strategy, client_manager=Bounded(),
-                                     config=fl.server.ServerConfig(num_rounds=rounds, round_timeout=timeout))
+    try:
+        history = fl.server.start_server(server_address=address, strategy=strategy, client_manager=Bounded(),
+                                         config=fl.server.ServerConfig(num_rounds=rounds, round_timeout=timeout))
+    finally:
+        server_done.set()
     for t in threads:
         t.join(timeout)
     if errors:
