@@ -26,6 +26,7 @@ Sanity checks:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,8 +165,12 @@ def _occlusion(model: Any, x: Any, target: np.ndarray) -> np.ndarray:
     spatial = tuple(x.shape[2:])
     win = tuple(max(1, s // 7) for s in spatial)
     stride = tuple(max(1, w // 2) for w in win)
+    # one occluded copy per window position (13^3 = 2197 for a 28^3 volume): several per forward
+    # pass, up to ~4 M input values per batch, with a progress bar when a person is watching
+    per_eval = max(1, min(16, 2**22 // max(1, int(np.prod(x.shape)))))
     attr = Occlusion(model).attribute(x, target=torch.as_tensor(target), sliding_window_shapes=(x.shape[1], *win),
-                                      strides=(x.shape[1], *stride), baselines=0.0)
+                                      strides=(x.shape[1], *stride), baselines=0.0, perturbations_per_eval=per_eval,
+                                      show_progress=sys.stderr.isatty())
     return attr.sum(dim=1).clamp(min=0).detach().cpu().numpy().astype(np.float32)
 
 
