@@ -68,6 +68,8 @@ def _one_line_error(capsys) -> str:
         (["--protocol", "knnn"], "Did you mean 'knn'"),
         (["--protocol", "knn", "--dataset", "breastmnst"], "breastmnist"),
         (["--protocol", "knn", "--dataset", "adrenalmnist3d"], "takes 2D images but dataset"),
+        (["--protocol", "knn", "--store", "/proc/no-such-dir/r.sqlite"], "--store /proc/no-such-dir/r.sqlite: cannot open"),
+        (["--protocol", "knn", "--cache-dir", "/proc/no-such-dir/cells"], "--cache-dir /proc/no-such-dir/cells: cannot create"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(shared_data, tmp_path, capsys, extra, message) -> None:

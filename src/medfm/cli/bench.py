@@ -144,7 +144,7 @@ def register(app: typer.Typer) -> None:
         store: str = typer.Option(None, "--store", help="Results store: a SQLite file or an fsspec URL (default: MEDFM_STORE or MEDFM_HOME/results.sqlite)."),
     ) -> None:
         """Benchmark models x protocols x shots x seeds on datasets; write results.json and report.html."""
-        from medfm.bench import CellCache, ResultsStore, default_out_dir, run_bench
+        from medfm.bench import default_out_dir, run_bench
 
         if force and resume:
             raise ConfigError("--force and --resume exclude each other")
@@ -158,8 +158,8 @@ def register(app: typer.Typer) -> None:
         try:
             run = run_bench(
                 spec, target, force=force, resume=resume, report=not no_report, executor=ex,
-                cache=CellCache(cache_dir) if cache_dir is not None else None,
-                store=ResultsStore(store) if store is not None else True,
+                cache=_open_cache(cache_dir),
+                store=_open_store(store),
                 progress=lambda items, total, desc: progress(items, total=total, desc=desc, unit="cell"),
             )
             exec_info = _executor_summary(ex)
@@ -167,6 +167,42 @@ def register(app: typer.Typer) -> None:
             if hasattr(ex, "close"):
                 ex.close()
         report_run(run, exec_info, json_)
+
+
+def _open_cache(where: str | None):
+    """The cell cache ``--cache-dir`` names (a folder, created if needed, or an fsspec URL), else None (the default)."""
+    import os
+
+    from medfm.bench import CellCache
+    from medfm.errors import OutputError
+
+    if where is None:
+        return None
+    cache = CellCache(where)
+    local = cache.folder.local
+    if local is not None:
+        try:
+            Path(local).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"--cache-dir {where}: cannot create the cell cache folder ({type(exc).__name__}: {exc})") from None
+        if not os.access(local, os.W_OK):
+            raise OutputError(f"--cache-dir {where}: the cell cache folder is not writable")
+    return cache
+
+
+def _open_store(where: str | None):
+    """The results store ``--store`` names (a SQLite file or an fsspec URL), else True (the default one)."""
+    import sqlite3
+
+    from medfm.bench import ResultsStore
+    from medfm.errors import OutputError
+
+    if where is None:
+        return True
+    try:
+        return ResultsStore(where)
+    except (OSError, sqlite3.Error, ValueError, ImportError) as exc:
+        raise OutputError(f"--store {where}: cannot open the results store ({type(exc).__name__}: {exc})") from None
 
 
 def report_run(run, exec_info: dict, json_: bool) -> None:
