@@ -206,31 +206,26 @@ class EmbeddingCache:
         index[str(i)] = {"rows": int(arr.shape[0]), "sha256": file_hash(p)}
         atomic_write_text(d / "index.json", json.dumps(index, indent=1, sort_keys=True))
 
-    def chunk_size_of(self, key: str, fields: dict[str, Any], default: int) -> int:
-        """The chunk size of the entry already holding ``key`` (its chunks stay valid whatever
-        size a later caller asks for: the embeddings do not depend on it), else ``default``."""
-        try:
-            old = json.loads((self.entry_dir(key) / "meta.json").read_text())
-        except (OSError, ValueError):
-            return default
-        size = old.pop("chunk_size", None) if isinstance(old, dict) else None
-        return size if old == fields and isinstance(size, int) and size > 0 else default
-
-    def open_entry(self, key: str, fields: dict[str, Any], chunk_size: int) -> Path:
-        """Entry folder for ``key``; an entry of another layout (or chunk size) is started afresh,
-        so callers first ask :meth:`chunk_size_of` to keep the chunks an entry already holds."""
+    def open_entry(self, key: str, fields: dict[str, Any], chunk_size: int) -> tuple[Path, int]:
+        """Entry folder for ``key`` and its chunk size. An entry with the same fields keeps the
+        chunk size it was started with (its chunks stay valid whatever size a later caller asks
+        for: embeddings do not depend on it); an entry of another layout is started afresh."""
         d = self.entry_dir(key)
-        meta = {**fields, "chunk_size": chunk_size}
         try:
             old = json.loads((d / "meta.json").read_text())
         except (OSError, ValueError):
             old = None
-        if old != meta:
-            if d.exists():
-                shutil.rmtree(d)  # medfm's own cache entry, stale layout
-            d.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(d / "meta.json", json.dumps(meta, indent=1, sort_keys=True))
-        return d
+        if isinstance(old, dict):
+            size = old.get("chunk_size")
+            if isinstance(size, int) and size > 0 and {k: v for k, v in old.items() if k != "chunk_size"} == fields:
+                d.mkdir(parents=True, exist_ok=True)
+                return d, size
+        if d.exists():
+            shutil.rmtree(d)  # medfm's own cache entry, stale layout
+        d.mkdir(parents=True, exist_ok=True)
+        meta = {**fields, "chunk_size": chunk_size}
+        atomic_write_text(d / "meta.json", json.dumps(meta, indent=1, sort_keys=True))
+        return d, chunk_size
 
 
 def embed_cached(
@@ -252,8 +247,7 @@ def embed_cached(
     cache = cache or EmbeddingCache()
     n = _n_images(images, adapter.card.input_ndim)
     key, fields = cache.key(adapter, data_key, n, kw.get("precision", "auto"))
-    chunk_size = cache.chunk_size_of(key, fields, chunk_size)  # an entry started with other chunks keeps them
-    d = cache.open_entry(key, fields, chunk_size)
+    d, chunk_size = cache.open_entry(key, fields, chunk_size)  # an entry started with other chunks keeps them
     stats = CacheStats(key=key, path=str(d))
     parts: list[np.ndarray] = []
     for i, s in enumerate(range(0, n, chunk_size)):

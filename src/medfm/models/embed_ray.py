@@ -156,8 +156,7 @@ class RayEmbedder:
             cache = EmbeddingCache(Path(tmp))
         try:
             ckey, fields = cache.key(self._key_view, key, n)  # type: ignore[arg-type]
-            size = cache.chunk_size_of(ckey, fields, self.job.shard_size)  # shards = the entry's chunks
-            d = cache.open_entry(ckey, fields, size)
+            d, size = cache.open_entry(ckey, fields, self.job.shard_size)  # shards = the entry's chunks
             stats = CacheStats(key=ckey, path=str(d))
             shards = [(i, s, min(n, s + size)) for i, s in enumerate(range(0, n, size))]
             todo = []
