@@ -178,3 +178,28 @@ def test_read_mask_zip_checks_names_and_sizes() -> None:
         liar[i + at : i + at + 4] = (100).to_bytes(4, "little")
     with pytest.raises(InputError):
         read_mask_zip(bytes(liar), (3, 4, 6))
+
+
+def test_read_mask_zip_refuses_what_the_upload_reader_refuses() -> None:
+    """Mask zips go through the service's one upload-zip reader: an unsupported compression
+    method, a corrupt stream or an empty zip is one InputError naming the upload, never a 500."""
+    on = np.zeros((4, 6), np.uint8)
+    good = bytearray(_mask_zip({0: _png(on)}))
+    odd = bytearray(good)
+    for sig, at in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):  # compression method 99 (AES): not implemented
+        i = odd.index(sig)
+        odd[i + at : i + at + 2] = (99).to_bytes(2, "little")
+    with pytest.raises(InputError, match="upload.zip: not a readable zip"):
+        read_mask_zip(bytes(odd), (3, 4, 6), name="upload.zip")
+    crushed = io.BytesIO()
+    with zipfile.ZipFile(crushed, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("mask_slice_000.png", _png(on) * 3)
+    raw = bytearray(crushed.getvalue())
+    start = raw.index(b"PK\x03\x04") + 30 + len("mask_slice_000.png")
+    raw[start : start + 8] = b"\xff" * 8  # the deflate stream itself is corrupt
+    with pytest.raises(InputError, match="upload.zip: not a readable zip"):
+        read_mask_zip(bytes(raw), (3, 4, 6), name="upload.zip")
+    empty = io.BytesIO()
+    zipfile.ZipFile(empty, "w").close()
+    with pytest.raises(InputError, match="upload.zip: the zip holds no mask"):
+        read_mask_zip(empty.getvalue(), (3, 4, 6), name="upload.zip")

@@ -36,7 +36,7 @@ import numpy as np
 from medfm._optional import optional_import
 from medfm.errors import InputError
 from medfm.io.pacs import STUDY_FILTERS, DicomWeb, PacsError
-from medfm.serve.service import SegmentationService
+from medfm.serve.service import SegmentationService, open_upload_zip
 
 MASK_NAME = re.compile(r"mask_slice_(\d{1,5})\.png")
 PHI_KEYS = ("PatientName", "PatientID")  # left out of study lists when the service de-identifies
@@ -70,10 +70,7 @@ def read_mask_zip(data: bytes, shape: tuple[int, int, int], name: str = "masks")
     z, h, w = shape
     out = np.zeros(shape, dtype=bool)
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            members = [m for m in zf.infolist() if not m.is_dir()]
-            if not members:
-                raise InputError(f"{name}: the zip holds no mask")
+        with open_upload_zip(data, name, holds="mask") as (zf, members):
             if len(members) > z:
                 raise InputError(f"{name}: {len(members)} masks for a volume of {z} slices")
             for m in members:
@@ -91,8 +88,6 @@ def read_mask_zip(data: bytes, shape: tuple[int, int, int], name: str = "masks")
                     if im.format != "PNG" or im.size != (w, h):
                         raise InputError(f"{name}: {m.filename} is a {im.format} of {im.size[0]}x{im.size[1]}, not a {w}x{h} PNG")
                     out[int(found[1])] = np.asarray(im.convert("L")) > 127
-    except zipfile.BadZipFile as exc:
-        raise InputError(f"{name}: not a readable zip ({exc})") from None
     except OSError as exc:  # PIL: not a PNG / truncated
         raise InputError(f"{name}: a mask is not a readable PNG ({exc})") from None
     return out

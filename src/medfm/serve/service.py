@@ -19,7 +19,8 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,38 +132,47 @@ def _unsafe_member(filename: str) -> bool:
     return path.startswith("/") or (len(path) > 1 and path[1] == ":") or ".." in path.split("/")
 
 
-def _unzip(data: bytes | bytearray, folder: Path, name: str, max_files: int = 5000, max_bytes: int = 2**31) -> None:
-    """Extract a zip (e.g. a DICOM series) into ``folder``: regular files only, each under its own
-    index, streamed in 1 MiB pieces and counted, so a decompression bomb stops at ``max_bytes``;
-    members with ``..`` or absolute paths and archives of more than ``max_files`` are refused."""
+@contextmanager
+def open_upload_zip(data: bytes | bytearray, name: str, max_files: int = 5000, holds: str = "files") -> Iterator[tuple[Any, list[Any]]]:
+    """An uploaded zip as ``(ZipFile, its file members)``, checked before anything is read: the
+    declared member count (before ``zipfile`` parses them), at least one and at most ``max_files``
+    files, no ``..`` or absolute member paths. Any zip decoding error inside the block becomes one
+    InputError naming ``name``; every reader of an upload goes through here."""
     import zipfile
 
     declared = _zip_entries(data)
     if declared is not None and declared > max_files:
         raise TooLarge(f"{name}: the zip holds {declared} files, more than {max_files}")
-    total = 0
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             members = [m for m in zf.infolist() if not m.is_dir()]
             if not members:
-                raise InputError(f"{name}: the zip holds no files")
+                raise InputError(f"{name}: the zip holds no {holds}")
             if len(members) > max_files:
                 raise TooLarge(f"{name}: the zip holds {len(members)} files, more than {max_files}")
             bad = [m.filename for m in zf.infolist() if _unsafe_member(m.filename)]
             if bad:
                 raise InputError(f"{name}: the zip has {len(bad)} member(s) with '..' or absolute paths (e.g. {bad[0]!r}); refused")
-            if sum(m.file_size for m in members) > max_bytes:  # declared sizes: refuse early (then count)
-                raise TooLarge(f"{name}: the zip expands to more than {max_bytes} bytes")
-            folder.mkdir()
-            for k, m in enumerate(members):
-                with zf.open(m) as src, open(folder / f"{k:05d}_{Path(m.filename).name}", "wb") as out:
-                    while chunk := src.read(2**20):
-                        total += len(chunk)
-                        if total > max_bytes:
-                            raise TooLarge(f"{name}: the zip expands to more than {max_bytes} bytes")
-                        out.write(chunk)
+            yield zf, members
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError, zlib.error) as exc:
         raise InputError(f"{name}: not a readable zip ({type(exc).__name__}: {' '.join(str(exc).split())})") from None
+
+
+def _unzip(data: bytes | bytearray, folder: Path, name: str, max_files: int = 5000, max_bytes: int = 2**31) -> None:
+    """Extract a zip (e.g. a DICOM series) into ``folder``: regular files only, each under its own
+    index, streamed in 1 MiB pieces and counted, so a decompression bomb stops at ``max_bytes``."""
+    total = 0
+    with open_upload_zip(data, name, max_files) as (zf, members):
+        if sum(m.file_size for m in members) > max_bytes:  # declared sizes: refuse early (then count)
+            raise TooLarge(f"{name}: the zip expands to more than {max_bytes} bytes")
+        folder.mkdir()
+        for k, m in enumerate(members):
+            with zf.open(m) as src, open(folder / f"{k:05d}_{Path(m.filename).name}", "wb") as out:
+                while chunk := src.read(2**20):
+                    total += len(chunk)
+                    if total > max_bytes:
+                        raise TooLarge(f"{name}: the zip expands to more than {max_bytes} bytes")
+                    out.write(chunk)
 
 
 def _prod(shape: Sequence[int]) -> int:
