@@ -33,3 +33,13 @@ def test_shared_options_in_help(capsys) -> None:
         assert main([cmd, "--help"]) == 0
         text = capsys.readouterr().out
         assert "--data-dir" in text and "--force" in text and "--json" in text and "--out" in text
+
+
+def test_calibrate_unknown_conformal_method_is_one_line(tmp_path: Path, capsys) -> None:
+    from medfm.cli.main import main
+
+    out = tmp_path / "cal"
+    assert main(["calibrate", str(tmp_path), "--conformal", "aps", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "conformal must be one of lac, smoothed" in err[0]
+    assert not out.exists()

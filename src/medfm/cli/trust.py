@@ -24,6 +24,8 @@ def _split_list(values: list[str] | None) -> list[str]:
 def calibrate_command(
     run: Path = typer.Argument(..., help="A 'medfm bench' output folder (or its results.json)."),
     alpha: float = typer.Option(0.1, "--alpha", help="Conformal miscoverage: sets cover the truth with prob. >= 1 - alpha."),
+    conformal: str = typer.Option("lac", "--conformal", help="Conformal sets: 'lac' (deterministic; over-covers when "
+                                  "scores tie) or 'smoothed' (seeded tie-breaking: coverage 1 - alpha on average)."),
     model: list[str] = typer.Option(None, "--model", "-m", help="Only these models (comma-separated or repeated)."),
     protocol: list[str] = typer.Option(None, "--protocol", "-p", help="Only these protocols."),
     n_boot: int = typer.Option(1000, "--n-boot", min=0, help="Bootstrap resamples for the CIs."),
@@ -38,7 +40,7 @@ def calibrate_command(
     from medfm.report.trust import calibrate_run
     from medfm.tasks.trust.calibrate import CalibrationConfig, summary_row
 
-    cfg = CalibrationConfig(alpha=alpha, n_boot=n_boot)
+    cfg = CalibrationConfig(alpha=alpha, n_boot=n_boot, conformal=conformal)
     base = run if run.is_dir() else run.parent
     configure_threads()
     res = calibrate_run(

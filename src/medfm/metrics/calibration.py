@@ -16,6 +16,10 @@ errors as the other classification metrics).
 - ``conformal_quantile`` / ``prediction_sets``: split-conformal sets with the LAC score
   ``1 - p_true`` (Sadinle et al. 2019; MAPIE's ``"lac"``): the set keeps every class whose
   score is below the calibration quantile at level ceil((n+1)(1-alpha))/n.
+- ``smoothed_prediction_sets``: the same score with smoothed (randomised) conformal p-values
+  (Vovk et al. 2005, ch. 2): ties and the rank rounding are broken by one uniform draw per test
+  sample, so the expected coverage is exactly 1 - alpha, where LAC's is up to 1 / (n + 1) above
+  it, and more when scores tie (kNN votes, saturated probabilities).
 - ``coverage_ci`` / ``conformal_coverage_law``: the exact binomial CI of a measured coverage and
   the Beta law of the coverage that one calibration set of n samples gives (finite-sample spread).
 - ``risk_coverage`` / ``aurc``: selective risk (error rate among the kept samples) against
@@ -182,6 +186,34 @@ def prediction_sets(probs: np.ndarray, q: float) -> np.ndarray:
     return (1.0 - p) <= q + 1e-12
 
 
+def smoothed_prediction_sets(
+    y_cal: np.ndarray, probs_cal: np.ndarray, probs: np.ndarray, alpha: float, seed: int = 0
+) -> np.ndarray:
+    """(N, C) bool sets from smoothed conformal p-values of the LAC score ``1 - p_c``.
+
+    For test sample i with draw u_i ~ U(0, 1): p_ic = (#{cal > s_ic} + u_i (#{cal = s_ic} + 1)) / (n + 1),
+    and c is in the set when p_ic > alpha. Marginal coverage is exactly 1 - alpha for exchangeable
+    data, ties included; the draws are seeded, so a run is reproducible.
+    """
+    _check_alpha(alpha)
+    yy, s = _single(y_cal, probs_cal)
+    n = len(yy)
+    if n < 1:
+        raise InputError("smoothed conformal sets need at least one calibration sample")
+    cal_scores = np.sort(1.0 - s[np.arange(n), yy])
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim == 1:
+        p = np.stack([1.0 - p, p], axis=1)
+    scores = 1.0 - p
+    tol = 1e-12  # scores equal up to float rounding count as ties (as in ``prediction_sets``)
+    below = np.searchsorted(cal_scores, scores - tol, side="left")  # cal < s - tol
+    upto = np.searchsorted(cal_scores, scores + tol, side="right")  # cal <= s + tol
+    greater, ties = n - upto, upto - below
+    u = np.random.default_rng(seed).random(len(p))[:, None]
+    pvalues = (greater + u * (ties + 1)) / (n + 1)
+    return pvalues > alpha
+
+
 def coverage_ci(covered: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """Clopper-Pearson (exact binomial) interval of a coverage measured as ``covered`` of ``n`` test samples."""
     from scipy.stats import binomtest
@@ -192,17 +224,32 @@ def coverage_ci(covered: int, n: int, level: float = 0.95) -> tuple[float, float
     return float(ci.low), float(ci.high)
 
 
-def conformal_coverage_law(n_cal: int, alpha: float) -> dict[str, float]:
+def conformal_coverage_law(n_cal: int, alpha: float, smoothed: bool = False) -> dict[str, float]:
     """What split conformal promises with ``n_cal`` calibration samples (Vovk 2012; Angelopoulos &
-    Bates 2021, sec. 3.2): coverage given the calibration set is Beta(k, n + 1 - k) with
-    k = ceil((n + 1)(1 - alpha)); its mean lies in [1 - alpha, 1 - alpha + 1 / (n + 1)], and its
-    sd is the spread a single calibration set leaves (about 3.4 points at n = 78, alpha = 0.1)."""
+    Bates 2021, sec. 3.2), for continuous scores. LAC: coverage given the calibration set is
+    Beta(k, n + 1 - k) with k = ceil((n + 1)(1 - alpha)); its mean lies in [1 - alpha,
+    1 - alpha + 1 / (n + 1)], and its sd is the spread a single calibration set leaves (about
+    3.4 points at n = 78, alpha = 0.1). Smoothed: with t = (n + 1)(1 - alpha) = i + f, the
+    coverage is (1 - f) U_(i) + f U_(i+1) of the uniform order statistics: mean exactly
+    1 - alpha, the sd from their covariances."""
     _check_alpha(alpha)
     k = int(math.ceil((n_cal + 1) * (1.0 - alpha) - 1e-9))
     if k > n_cal:
         raise InputError(f"split conformal at alpha={alpha} needs at least {min_calibration_size(alpha)} calibration samples")
     a, b = float(k), float(n_cal + 1 - k)
-    return {"mean": a / (a + b), "sd": math.sqrt(a * b / ((a + b) ** 2 * (a + b + 1))), "k": k, "n_cal": n_cal}
+    if not smoothed:
+        return {"mean": a / (a + b), "sd": math.sqrt(a * b / ((a + b) ** 2 * (a + b + 1))), "k": k, "n_cal": n_cal}
+    t = (n_cal + 1) * (1.0 - alpha)
+    i = int(math.floor(t + 1e-9))
+    f = max(0.0, t - i)
+    m = n_cal + 1
+
+    def cov(x: int, y: int) -> float:  # Cov(U_(x), U_(y)), x <= y, of n_cal uniforms; U_(0) = 0, U_(n+1) = 1
+        return 0.0 if x <= 0 or y >= m else x * (m - y) / (m * m * (m + 1))
+
+    j = min(i + 1, m)
+    var = (1 - f) ** 2 * cov(i, i) + f**2 * cov(j, j) + 2 * f * (1 - f) * cov(i, j)
+    return {"mean": 1.0 - alpha, "sd": math.sqrt(max(var, 0.0)), "k": k, "n_cal": n_cal}
 
 
 def set_coverage(y: np.ndarray, sets: np.ndarray) -> float:

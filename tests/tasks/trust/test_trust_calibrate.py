@@ -64,3 +64,18 @@ def test_temperature_never_raises_val_ece() -> None:
         off = calibrate(vy, vp, ty, tp, CalibrationConfig(n_boot=0, keep_if_val_ece_rises=False))
         assert off.temperature == pytest.approx(res.extra["nll_temperature"])
     assert kept < 12  # mostly the fitted temperature is kept
+
+
+def test_calibrate_smoothed_sets_and_their_law() -> None:
+    """conformal='smoothed' fits nothing new (same T and q), reports the smoothed law (mean
+    exactly 1 - alpha) and covers near the target on multiclass scores; a bad name is refused."""
+    vy, vp = _overconfident(300, 0, c=3)
+    ty, tp = _overconfident(3000, 1, c=3)
+    lac = calibrate(vy, vp, ty, tp, CalibrationConfig(alpha=0.1, n_boot=0))
+    sm = calibrate(vy, vp, ty, tp, CalibrationConfig(alpha=0.1, n_boot=0, conformal="smoothed"))
+    assert sm.temperature == lac.temperature and sm.conformal_q == lac.conformal_q
+    assert sm.conformal["coverage_expected"] == pytest.approx(0.9)
+    assert lac.conformal["coverage_expected"] > 0.9
+    assert abs(sm.coverage_gap) < 0.04 and sm.conformal["set_size"] <= lac.conformal["set_size"] + 1e-9
+    with pytest.raises(ConfigError, match="conformal must be one of lac, smoothed"):
+        CalibrationConfig(conformal="aps")

@@ -3,7 +3,8 @@
 ``calibrate(val_y, val_scores, test_y, test_scores, cfg)`` fits everything on the validation
 split only (temperature, conformal threshold) and reports on the test split: ECE / MCE /
 Brier / NLL and reliability bins before and after temperature scaling, split-conformal
-prediction sets at coverage ``1 - alpha`` (LAC score on the scaled probabilities), selective
+prediction sets at coverage ``1 - alpha`` (LAC score on the scaled probabilities; ``conformal=
+"smoothed"``: randomised p-values, expected coverage exactly 1 - alpha even when scores tie), selective
 prediction that abstains when the set is not exactly one class, and the risk-coverage curve.
 Single-label tasks only (binary, multiclass, ordinal).
 """
@@ -23,12 +24,17 @@ from medfm.metrics.classification import ECE_BINS, prepare, reliability_bins
 from medfm.results import MetricValue
 
 
+CONFORMAL_METHODS = ("lac", "smoothed")
+
+
 @dataclass
 class CalibrationConfig:
     """``alpha``: conformal miscoverage (sets cover the true class with probability >= 1 - alpha);
     ``n_bins``: ECE / reliability bins; ``curve_points``: risk-coverage points kept for plots;
     ``keep_if_val_ece_rises``: the NLL-optimal temperature is kept only when it does not raise
-    the validation ECE (else T = 1): NLL and ECE can disagree on small validation sets."""
+    the validation ECE (else T = 1): NLL and ECE can disagree on small validation sets;
+    ``conformal``: "lac" (deterministic sets, coverage >= 1 - alpha, above it when scores tie) or
+    "smoothed" (one seeded uniform draw per test sample breaks ties: coverage 1 - alpha on average)."""
 
     alpha: float = 0.1
     n_bins: int = ECE_BINS
@@ -36,8 +42,11 @@ class CalibrationConfig:
     n_boot: int = 1000
     seed: int = 0
     keep_if_val_ece_rises: bool = True
+    conformal: str = "lac"
 
     def __post_init__(self) -> None:
+        if self.conformal not in CONFORMAL_METHODS:
+            raise ConfigError(f"calibrate: conformal must be one of {', '.join(CONFORMAL_METHODS)}, got {self.conformal!r}")
         if not 0.0 < self.alpha < 1.0:
             raise ConfigError(f"calibrate: alpha must be in (0, 1), got {self.alpha}")
         if self.n_bins < 2 or self.curve_points < 2:
@@ -136,7 +145,10 @@ def calibrate(
         temperature = 1.0
     vs_t, ts_t = cal.apply_temperature(vs, temperature), cal.apply_temperature(ts, temperature)
     q = cal.conformal_quantile(vy, vs_t, cfg.alpha)
-    sets = cal.prediction_sets(ts_t, q)
+    if cfg.conformal == "smoothed":
+        sets = cal.smoothed_prediction_sets(vy, vs_t, ts_t, cfg.alpha, seed=cfg.seed)
+    else:
+        sets = cal.prediction_sets(ts_t, q)
     rc_raw, rc_t = cal.risk_coverage(ty, ts), cal.risk_coverage(ty, ts_t)
     curves = {
         "raw": {**_thin_curve(rc_raw, cfg.curve_points), "aurc": cal.aurc(ty, ts)},
@@ -154,7 +166,7 @@ def calibrate(
         metrics=metrics, temperature=temperature, alpha=cfg.alpha, conformal_q=q, n_val=int(len(vy)), n_test=int(len(ty)),
         before=cal.calibration_metrics(ty, ts, cfg.n_bins), after=cal.calibration_metrics(ty, ts_t, cfg.n_bins),
         val_before=cal.calibration_metrics(vy, vs, cfg.n_bins), val_after=cal.calibration_metrics(vy, vs_t, cfg.n_bins),
-        conformal=_conformal_with_ci(ty, sets, ts_t, len(vy), cfg.alpha), risk_coverage=curves,
+        conformal=_conformal_with_ci(ty, sets, ts_t, len(vy), cfg.alpha, cfg.conformal == "smoothed"), risk_coverage=curves,
         reliability_before=reliability_bins(ty, ts, cfg.n_bins, task=task),
         reliability_after=reliability_bins(ty, ts_t, cfg.n_bins, task=task),
         extra={"set_size_hist": np.bincount(sets.sum(axis=1), minlength=ts.shape[1] + 1).tolist(),
@@ -162,13 +174,14 @@ def calibrate(
     )
 
 
-def _conformal_with_ci(ty: np.ndarray, sets: np.ndarray, probs: np.ndarray, n_cal: int, alpha: float) -> dict[str, float]:
+def _conformal_with_ci(ty: np.ndarray, sets: np.ndarray, probs: np.ndarray, n_cal: int, alpha: float,
+                       smoothed: bool = False) -> dict[str, float]:
     """Conformal metrics plus the coverage's exact binomial 95% CI on the test set and the
     Beta spread (sd) that ``n_cal`` calibration samples allow (see ``cal.conformal_coverage_law``)."""
     out = cal.conformal_metrics(ty, sets, probs)
     covered = int(sets[np.arange(len(ty)), np.asarray(ty).astype(np.int64)].sum())
     out["coverage_ci_low"], out["coverage_ci_high"] = cal.coverage_ci(covered, len(ty))
-    law = cal.conformal_coverage_law(n_cal, alpha)
+    law = cal.conformal_coverage_law(n_cal, alpha, smoothed=smoothed)
     out["coverage_expected"], out["coverage_calibration_sd"] = law["mean"], law["sd"]
     return out
 
