@@ -69,6 +69,10 @@ def test_results_text_is_json_indented_and_the_memo_only_adds_new_records(tmp_pa
            "completeness": to_dict(Completeness(2, 2)), "record_sha256": [record_digest(r) for r in rows], "records": rows}
     assert p.read_text() == json.dumps(doc, indent=2, allow_nan=True)
     assert len(memo) == 2 and load_results(p).problems == ()
+    redo = Record("breastmnist", "test", "m", "knn", {"auroc": MetricValue(0.7)}, shots=4, seed=0, n=156)
+    write_results(p, [recs[0], redo], _Cfg(), Completeness(2, 2), memo)  # a cell replaced: its old text goes
+    assert {id(v[0]) for v in memo.values()} == {id(recs[0]), id(redo)}
+    assert [r.metrics["auroc"].value for r in load_results(p).records] == [0.9, 0.7]
     empty = write_results(tmp_path / "e.json", [], _Cfg())
     assert json.loads(empty.read_text())["records"] == []
 

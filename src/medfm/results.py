@@ -170,6 +170,10 @@ def write_results(
             hit = memo[id(r)] = (r, json.dumps(row, indent=2, allow_nan=True), record_digest(row))
         texts.append(hit[1])
         sums.append(hit[2])
+    if len(memo) > len(records):  # records replaced since the last write (a resumed cell): drop their text
+        live = {id(r) for r in records}
+        for k in [k for k in memo if k not in live]:
+            del memo[k]
     head = {"medfm_version": __version__, "spec": to_dict(spec), "completeness": to_dict(completeness),
             "record_sha256": sums}
     atomic_write_text(path, _results_text(head, texts))
