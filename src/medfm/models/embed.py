@@ -218,7 +218,6 @@ class EmbeddingCache:
         if isinstance(old, dict):
             size = old.get("chunk_size")
             if isinstance(size, int) and size > 0 and {k: v for k, v in old.items() if k != "chunk_size"} == fields:
-                d.mkdir(parents=True, exist_ok=True)
                 return d, size
         if d.exists():
             shutil.rmtree(d)  # medfm's own cache entry, stale layout
