@@ -43,6 +43,12 @@ def test_architecture_follows_medmnist() -> None:
     assert isinstance(small.maxpool, torch.nn.Identity)
     big = build_resnet18(3, 5, 2, 224)
     assert big.conv1.kernel_size == (7, 7) and big.fc.out_features == 5
+    small3d = build_resnet18(1, 2, 3, 28)
+    assert small3d.conv1.kernel_size == (3, 3, 3) and small3d.conv1.stride == (1, 1, 1) and small3d.no_max_pool
+    big3d = build_resnet18(1, 2, 3, 64)  # the ImageNet stem strides 2, then max-pools: 64^3 -> 16^3 into layer1
+    assert big3d.conv1.kernel_size == (7, 7, 7) and big3d.conv1.stride == (2, 2, 2)
+    with torch.no_grad():
+        assert big3d.layer1(big3d.maxpool(big3d.conv1(torch.zeros(1, 1, 64, 64, 64)))).shape[2:] == (16, 16, 16)
     with pytest.raises(ConfigError, match="input_size"):
         ScratchConfig(input_size="large")
 
