@@ -7,18 +7,18 @@ within 2 points of the target, for every cell.
 Prints one line per cell (temperature, ECE before -> after, test coverage vs 1 - alpha, share
 predicted under abstention), the two counts the issue's goals are about, and the same read per
 model (mean over its cells). ``--conformal lac,smoothed`` compares the two set constructions on
-the same cells. Everything is fitted on the validation split; the test split is only scored.
+the same cells (each cell's probabilities are computed once). Everything is fitted on the validation split; the test split is only scored.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 
-from medfm.report.trust import calibrate_run
-from medfm.tasks.trust.calibrate import CalibrationConfig, summary_row
+from medfm.report.trust import predictions_for
+from medfm.results import read_results
+from medfm.tasks.trust.calibrate import CalibrationConfig, calibrate, summary_row
 
 
 def main() -> None:
@@ -28,18 +28,27 @@ def main() -> None:
     ap.add_argument("--n-boot", type=int, default=200)
     ap.add_argument("--conformal", default="lac", help="comma-separated: lac, smoothed")
     a = ap.parse_args()
+    path = Path(a.run) / "results.json" if Path(a.run).is_dir() else Path(a.run)
+    _spec, records = read_results(path)
+    records = [r for r in records if (r.provenance.get("dataset_card") or {}).get("task") != "multilabel"]
+    # each cell's val/test probabilities once (stored, or the cell re-run seeded), then every set construction
+    probs, moved = [], []
+    for r in records:
+        p = predictions_for(r, data_dir=os.environ.get("MEDFM_DATA"))
+        probs.append((p.val_y, p.val_scores, p.test_y, p.test_scores))
+        if p.test_auroc_stored is not None and p.test_auroc_now is not None and abs(p.test_auroc_stored - p.test_auroc_now) > 1e-6:
+            moved.append(f"{r.model} {r.protocol} shots {r.shots} seed {r.seed}: {p.test_auroc_stored:.4f} -> {p.test_auroc_now:.4f}")
+    print(f"{len(records)} cells; recomputed test AUROC differs from the stored one in {len(moved)}" + "".join(f"\n  {m}" for m in moved))
     for method in a.conformal.split(","):
         print(f"== conformal: {method}")
-        one(a, method)
+        cfg = CalibrationConfig(alpha=a.alpha, n_boot=a.n_boot, conformal=method)
+        summarise(a, records, [calibrate(*pr, cfg) for pr in probs])
 
 
-def one(a: argparse.Namespace, method: str) -> None:
-    out = Path(tempfile.mkdtemp(prefix="medfm-cal-"))
-    cfg = CalibrationConfig(alpha=a.alpha, n_boot=a.n_boot, conformal=method)
-    res = calibrate_run(a.run, out, cfg, data_dir=os.environ.get("MEDFM_DATA"))
+def summarise(a: argparse.Namespace, records, results) -> None:
     per_model: dict[str, list[dict[str, float]]] = {}
     worse = off = outside = 0
-    for rec, r in zip(res.records, res.results, strict=True):
+    for rec, r in zip(records, results, strict=True):
         row = summary_row(r)
         per_model.setdefault(rec.model, []).append(row)
         worse += row["ece_after"] > row["ece_before"] + 1e-12
@@ -50,7 +59,7 @@ def one(a: argparse.Namespace, method: str) -> None:
         print(f"{rec.model:24s} {rec.protocol:13s} shots {shots!s:4s} seed {rec.seed}  T {row['temperature']:6.2f}  "
               f"ECE {row['ece_before']:.3f} -> {row['ece_after']:.3f}  coverage {row['conformal_coverage']:.3f} [{lo:.3f}, {hi:.3f}] "
               f"(target {row['target_coverage']:.2f})  predicted {row['conformal_singleton_rate']:.2f}")
-    n = len(res.records)
+    n = len(records)
     print(f"ECE after <= before in {n - worse} of {n} cells; coverage within 2 points of target in {n - off} of {n}; "
           f"target inside the coverage's exact 95% CI in {n - outside} of {n}")
     for model, rows in per_model.items():
@@ -58,7 +67,6 @@ def one(a: argparse.Namespace, method: str) -> None:
         n_worse = sum(r["ece_after"] > r["ece_before"] + 1e-12 for r in rows)
         print(f"model {model:28s} {len(rows):3d} cells  mean ECE {mean['ece_before']:.3f} -> {mean['ece_after']:.3f} "
               f"(rose in {n_worse})  mean coverage {mean['conformal_coverage']:.3f} (target {1 - a.alpha:.2f})")
-    print(f"report: {res.report}")
 
 
 if __name__ == "__main__":
