@@ -73,7 +73,7 @@ def main() -> None:
             lambda: embed_arrays(ct, vols, batch_size=args.batch_size, precision=prec, progress=False),
             lambda: bare_ct(prec), args.n_ct, args.rounds)
         results.append((f"CT encoder {s}^3", prec, ours, bare))
-    del ct, ref
+    ct = ref = None  # free the CT encoder before the 2D model (the lambdas above are spent)
 
     # -- EfficientNet-Lite0 -------------------------------------------------------------------
     precisions_2d = [p for p in args.precisions_2d.split(",") if p]
