@@ -88,6 +88,26 @@ def test_tta_is_a_no_op_for_flip_invariant_models_and_averages_otherwise() -> No
     np.testing.assert_allclose(tta, (a + b) / 2, atol=1e-6)
 
 
+def test_eval_batches_are_capped_by_input_size(monkeypatch) -> None:
+    import torch
+
+    from medfm.tasks.classification import _train
+
+    monkeypatch.setattr(_train, "EVAL_BATCH_ELEMENTS", 2 * 4 * 4 * 4)  # two 4^3 volumes per batch
+    seen: list[int] = []
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+
+    def forward(t):
+        seen.append(int(t.shape[0]))
+        return net(t)
+
+    x = np.random.default_rng(0).random((5, 1, 4, 4, 4)).astype(np.float32)
+    capped = predict_proba(forward, _to_tensor, x, "binary", 256, "cpu", None)
+    assert seen == [2, 2, 1]
+    with torch.no_grad():
+        np.testing.assert_allclose(capped, torch.softmax(net(_to_tensor(x)), 1).numpy(), atol=1e-6)
+
+
 def test_weight_ema_tracks_a_lagged_average_and_swaps_back() -> None:
     import torch
 

@@ -23,6 +23,9 @@ from medfm.errors import ConfigError, TrainingDivergedError
 from medfm.tasks.classification._common import selection_score
 
 AUGMENTS = ("none", "flip", "flip_shift")
+# Input values per evaluation batch (2^22: 16 volumes of 64^3, 64 images of 256^2; MedMNIST 28 px
+# images keep batches of 256).
+EVAL_BATCH_ELEMENTS = 1 << 22
 
 
 @dataclass
@@ -162,9 +165,13 @@ def predict_proba(
     batch_size: int, device: str, amp_dtype: Any, tta: bool = False,
 ) -> np.ndarray:
     """Probabilities (N, C): softmax of the logits (sigmoid for multilabel), in float64.
-    ``tta``: average the probabilities of each image and its left-right flip (last axis)."""
+    ``tta``: average the probabilities of each image and its left-right flip (last axis).
+    ``batch_size`` is capped so that a batch holds at most ``EVAL_BATCH_ELEMENTS`` input values:
+    256 volumes of 64^3 would hold ~2 GB per 64-channel feature map of a 3D ResNet's stem."""
     import torch
 
+    per_item = int(np.prod(x.shape[1:])) if x.ndim > 1 else 1
+    batch_size = max(1, min(batch_size, EVAL_BATCH_ELEMENTS // max(per_item, 1)))
     out = []
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
