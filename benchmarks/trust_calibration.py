@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from medfm.report.trust import _is_multilabel, _results_path, predictions_for
+from medfm.report.trust import is_calibratable, predictions_for, results_path
 from medfm.results import read_results
 from medfm.tasks.trust.calibrate import CalibrationConfig, calibrate, summary_row
 
@@ -27,9 +27,9 @@ def main() -> None:
     ap.add_argument("--n-boot", type=int, default=200)
     ap.add_argument("--conformal", default="lac", help="comma-separated: lac, smoothed")
     a = ap.parse_args()
-    _spec, records = read_results(_results_path(a.run))
+    _spec, records = read_results(results_path(a.run))
     # the records calibrate_run takes: single-label, at least two classes
-    records = [r for r in records if int(r.extra.get("n_classes", 2) or 2) >= 2 and not _is_multilabel(r)]
+    records = [r for r in records if is_calibratable(r)]
     # each cell's val/test probabilities once (stored, or the cell re-run seeded), then every set construction
     probs, moved = [], []
     for r in records:

@@ -191,3 +191,26 @@ def test_cell_function_survives_pickling_like_a_remote_worker(fake_ctx, tmp_path
     b = _run(fake_ctx(), tmp_path / "b", tmp_path, cache=CellCache(tmp_path / "c2"), executor=PickleExecutor())
     assert [r.metrics for r in a.records] == [r.metrics for r in b.records]
     assert b.computed == 6
+
+
+def test_a_stopped_run_closes_the_executor_stream_at_once(fake_ctx, tmp_path) -> None:
+    """A failed cell stops the run and closes the executor's stream right away, so a cluster
+    executor cancels its tasks in flight while it is still connected (left to the garbage collector,
+    a Ray stream's cleanup ran after ray.shutdown() and started a new local Ray instance)."""
+    closed: list[int] = []
+
+    class StreamExecutor:
+        def map(self, fn, cells):
+            try:
+                for c in cells:
+                    try:
+                        out = fn(c)
+                    except Exception as exc:  # noqa: BLE001 - as the in-process executor reports it
+                        out = exc
+                    yield c, out
+            finally:
+                closed.append(1)
+
+    with pytest.raises(RuntimeError, match="simulated crash"):  # the traceback keeps run_bench's locals alive
+        _run(fake_ctx({"count": CountingProtocol(fail_after=2)}), tmp_path / "o", tmp_path, executor=StreamExecutor())
+    assert closed == [1]

@@ -180,7 +180,8 @@ class RayExecutor:
                 st.wall_seconds += time.perf_counter() - t_submit
                 yield cells[i], result
         finally:
-            for ref in pending:
+            # only while connected: any Ray call after ray.shutdown() would start a new local instance
+            for ref in pending if ray.is_initialized() else ():
                 try:
                     ray.cancel(ref, force=True)
                 except Exception:  # noqa: BLE001 - best effort when the driver stops early

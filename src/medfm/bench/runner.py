@@ -13,6 +13,7 @@ a killed run's file never reads as finished; a run that ends with fewer records 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import functools
 import hashlib
@@ -596,20 +597,23 @@ def run_bench(
     # a module-level function with plain arguments: picklable, so a process-pool or Ray
     # executor can ship it to workers (context None = each worker's own default context)
     it = ex.map(functools.partial(compute_cell, ctx=context, cache=cache), todo)
-    for cell, result in track(it, len(todo), "bench cells"):
-        if isinstance(result, BaseException):
-            error = _named_error(cell, result)
-            break
-        for w in result.warnings:
-            run.warn(w)
-        if result.record.key() != cell.key():
-            run.warn(f"{cell.label()}: the executor returned the record of {result.record.key()}; cell left missing")
-            continue
-        finish_cell(result.record)
-        if result.cached:
-            run.cached += 1
-        else:
-            run.computed += 1
+    # closed as soon as the loop ends, not when garbage-collected: a cluster executor cancels its
+    # tasks in flight while still connected (a Ray stream closed after ray.shutdown() started a new local Ray)
+    with contextlib.closing(it) if hasattr(it, "close") else contextlib.nullcontext():
+        for cell, result in track(it, len(todo), "bench cells"):
+            if isinstance(result, BaseException):
+                error = _named_error(cell, result)
+                break
+            for w in result.warnings:
+                run.warn(w)
+            if result.record.key() != cell.key():
+                run.warn(f"{cell.label()}: the executor returned the record of {result.record.key()}; cell left missing")
+                continue
+            finish_cell(result.record)
+            if result.cached:
+                run.cached += 1
+            else:
+                run.computed += 1
     status = run.completeness = completeness(cells, records, others)
     if error is None and (not todo or not status.complete):
         write_results(results_path, _ordered(records.values(), cells), spec, status, memo)

@@ -58,7 +58,8 @@ class CalibrationRun:
     report: Path | None = None
 
 
-def _results_path(run: str | Path) -> Path:
+def results_path(run: str | Path) -> Path:
+    """The results.json of a bench run given as its folder or the file itself (InputError when absent)."""
     p = Path(run).expanduser()
     path = p / "results.json" if p.is_dir() else p
     if not path.is_file():
@@ -123,7 +124,7 @@ def calibrate_run(
 ) -> CalibrationRun:
     """Calibrate every single-label record of a bench run (see the module docstring)."""
     cfg = cfg or CalibrationConfig()
-    spec, records = read_results(_results_path(run))
+    spec, records = read_results(results_path(run))
     chosen = [
         r for r in records
         if (not models or r.model in models) and (not protocols or r.protocol in protocols)
@@ -133,8 +134,8 @@ def calibrate_run(
     out_dir = prepare_out_dir(out, force=force)
     done = CalibrationRun(out=out_dir, records=[], results=[])
     for r in chosen:
-        if int(r.extra.get("n_classes", 2) or 2) < 2 or _is_multilabel(r):
-            done.skipped.append(f"{_label(r)}: multilabel (calibration here is for single-label tasks)")
+        if not is_calibratable(r):
+            done.skipped.append(f"{_label(r)}: not a single-label task with two or more classes (calibration here is for those)")
             continue
         t0 = time.perf_counter()
         try:
@@ -161,9 +162,10 @@ def calibrate_run(
     return done
 
 
-def _is_multilabel(r: Record) -> bool:
+def is_calibratable(r: Record) -> bool:
+    """Whether calibration applies to a bench record: a single-label task with at least two classes."""
     card = r.provenance.get("dataset_card") or {}
-    return card.get("task") == "multilabel"
+    return int(r.extra.get("n_classes", 2) or 2) >= 2 and card.get("task") != "multilabel"
 
 
 def _label(r: Record) -> str:

@@ -40,3 +40,17 @@ def test_calibrate_bench_run(shared_data: Path, tmp_path: Path, capsys) -> None:
     assert "not empty" in capsys.readouterr().err
     assert main(["calibrate", str(tmp_path / "nothing")]) == 2
     assert "no results.json" in capsys.readouterr().err
+
+
+def test_is_calibratable_keeps_single_label_records_only(tmp_path: Path) -> None:
+    from medfm.report.trust import is_calibratable, results_path
+    from medfm.results import Record
+
+    def rec(n_classes: int, task: str) -> Record:
+        return Record("d", "test", "m", "knn", {}, extra={"n_classes": n_classes},
+                      provenance={"dataset_card": {"task": task}})
+
+    assert is_calibratable(rec(2, "classification")) and is_calibratable(rec(5, "ordinal"))
+    assert not is_calibratable(rec(14, "multilabel")) and not is_calibratable(rec(1, "classification"))
+    (tmp_path / "results.json").write_text("{}")
+    assert results_path(tmp_path) == tmp_path / "results.json" == results_path(tmp_path / "results.json")
