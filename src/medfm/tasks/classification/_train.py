@@ -170,8 +170,8 @@ def predict_proba(
     256 volumes of 64^3 would hold ~2 GB per 64-channel feature map of a 3D ResNet's stem."""
     import torch
 
-    per_item = int(np.prod(x.shape[1:])) if x.ndim > 1 else 1
-    batch_size = max(1, min(batch_size, EVAL_BATCH_ELEMENTS // max(per_item, 1)))
+    per_item = max(1, int(np.prod(x.shape[1:])))  # values per input (1 for a 1-D x)
+    batch_size = max(1, min(batch_size, EVAL_BATCH_ELEMENTS // per_item))
     out = []
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
