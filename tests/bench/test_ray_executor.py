@@ -64,12 +64,9 @@ def cluster(shared_data: Path):
         pytest.skip("ray not installed (medfm[scale])")
     from ray_cluster import LocalCluster
 
-    c = LocalCluster()
+    c = LocalCluster.up(nodes=2, num_cpus=1)  # raises with the nodes' logs if it cannot start
     saved = {k: os.environ.get(k) for k in c.client_env()}
     try:
-        c.start(num_cpus=1)
-        c.add_node(num_cpus=1)
-        c.wait_nodes(2)
         os.environ.update(c.client_env())
         yield c
     finally:
