@@ -81,6 +81,54 @@ def test_ct_encoder_equals_reference_on_real_ct(ct_model, ct_volume) -> None:
 
 
 @pytest.mark.slow
+def test_ct_stages_card_on_real_ct_ends_with_the_reference_embedding(ct_model, ct_volume) -> None:
+    """``merlin/i3resnet152-ct-stages``: the same real weights, layer1..layer4 averages side by side;
+    its last 2048 columns are the (reference-checked) embedding above, its first 256 layer1's average."""
+    import torch
+
+    from medfm.models import create_model
+
+    stages = create_model("merlin/i3resnet152-ct-stages", device="cpu", precision="fp32")
+    x = ct_model.preprocess([ct_volume])
+    got = stages.encode_image(stages.preprocess([ct_volume]))
+    assert got.shape == (1, 3840) and stages.card.embed_dim == 3840
+    assert _rel_err(got[:, -2048:], ct_model.encode_image(x)) <= 1e-6
+    seen = {}
+    hook = stages.tower.net.layer1.register_forward_hook(lambda _m, _i, o: seen.setdefault("l1", o))
+    try:
+        stages.encode_image(x)
+    finally:
+        hook.remove()
+    assert _rel_err(got[:, :256], seen["l1"].mean(dim=(2, 3, 4))) <= 1e-6
+    assert got[:, :256].abs().sum() > 0 and not torch.equal(got[:, 256:768], got[:, :512])
+
+
+def test_ct_stages_twin_matches_its_layer4_twin_and_is_not_a_default() -> None:
+    """The stages variant's random twin shares the plain twin's seeded weights (so the two are
+    comparable), and neither stages card joins the no-argument bench set."""
+    import torch
+
+    from medfm.bench.runner import default_models
+    from medfm.models import create_model
+
+    plain = create_model("random/i3resnet152-ct", device="cpu", precision="fp32")
+    stages = create_model("random/i3resnet152-ct-stages", device="cpu", precision="fp32")
+    x = torch.rand(2, 1, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    a, b = plain.encode_image(x), stages.encode_image(x)
+    assert a.shape == (2, 2048) and b.shape == (2, 3840)
+    assert _rel_err(b[:, -2048:], a) <= 1e-6
+    assert not {"merlin/i3resnet152-ct-stages", "random/i3resnet152-ct-stages"} & set(default_models())
+
+
+def test_i3resnet_pool_names_are_checked() -> None:
+    from medfm.errors import ConfigError
+    from medfm.models.adapters.pretrained_pkg import I3ResNetEncoder
+
+    with pytest.raises(ConfigError, match="pool must be one of layer4, stages"):
+        I3ResNetEncoder(None, pool="max")  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
 def test_merlin_recipe_shape_and_range(shared_data: Path) -> None:
     from medfm.io import read_image
     from medfm.models.adapters.pretrained_pkg import merlin_ct_input

@@ -415,7 +415,8 @@ def model_capabilities(model: str) -> frozenset[str]:
 
 
 def default_models() -> list[str]:
-    """The built-in offline model set: every real card whose weights are present locally, each
+    """The built-in offline model set: every real card whose weights are present locally (but for
+    cards marked ``config["bench_default"] = False``, variants run only when named), each
     pip-packaged pretrained model beside its random-init twin (the same architecture unpretrained:
     the floor its pre-training must beat); the random ViT-B/16 floor only when no such pair is there."""
     from medfm import models
@@ -424,8 +425,8 @@ def default_models() -> list[str]:
     ids = {c.id for c in models.list_model_cards()}
     out: list[str] = []
     for card in models.list_model_cards():
-        if card.source is None or "image_encoder" not in card.capabilities:
-            continue
+        if card.source is None or "image_encoder" not in card.capabilities or card.config.get("bench_default") is False:
+            continue  # variants such as merlin/i3resnet152-ct-stages run when named
         if models.weights_available(card) == "local":
             out.append(card.id)
             twin = f"random/{card.id.split('/', 1)[1]}"

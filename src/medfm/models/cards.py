@@ -291,6 +291,17 @@ def _pretrained_cards() -> list[ModelCard]:
             citation="Blankemeier et al., Merlin: A Vision Language Foundation Model for 3D Computed Tomography, 2024",
         ),
         ModelCard(
+            id="merlin/i3resnet152-ct-stages", backend="pretrained", source="stanfordmimi/Merlin",
+            license="MIT (Merlin, Stanford MIMI; Astra backbone MIT)", capabilities=ENC, embed_dim=3840,
+            arch="i3resnet152", preprocess=ct_pp, modalities=("CT",),
+            config={"ndim": 3, "seed": 0, "package": astra, "pool": "stages", "bench_default": False},
+            description="merlin/i3resnet152-ct (same weights and preprocessing) with a multi-stage embedding: the "
+                        "global averages of layer1..layer4 side by side (256 + 512 + 1024 + 2048 = 3840; the "
+                        "last 2048 are merlin/i3resnet152-ct's embedding). For volumes far from CT (e.g. "
+                        "AdrenalMNIST3D shape masks). Not in the default bench set: name it",
+            citation="Blankemeier et al., Merlin: A Vision Language Foundation Model for 3D Computed Tomography, 2024",
+        ),
+        ModelCard(
             id="tse/densenet121-mri", backend="pretrained", source="pypi:tse-motion", license="MIT",
             capabilities=ENC, embed_dim=1024, arch="densenet121", preprocess=mri_pp, modalities=("brain MRI",),
             config={"seed": 0, "package": tse},

@@ -7,7 +7,8 @@ Architectures come from the field's libraries, not copies of the reference code:
   inflated ResNet-152, so Astra's extracted backbone and Merlin's hub checkpoint (keys under
   ``encode_image.i3_resnet.``) load strictly. Merlin feeds RAS volumes [B, 1, X, Y, Z] and
   permutes them to [B, 1, Z, X, Y]; medfm volumes are (C, Z, Y, X), so the tower swaps the last
-  two axes and repeats the channel 3 times. Embedding = global average of layer4 (2048).
+  two axes and repeats the channel 3 times. Embedding = global average of layer4 (2048), or
+  with the card's ``config["pool"] = "stages"`` those of layer1..layer4 side by side (3840).
 - ``efficientnet_lite0``: timm ``tf_efficientnet_lite0``; the package's lukemelas-named tensors
   map one to one, in order, onto timm's (shapes checked). Embedding = timm's pooled 1280.
 - ``densenet121``: MONAI ``DenseNet121`` (2D, 1 channel, 5 motion grades), as tse-motion builds
@@ -53,27 +54,45 @@ def i3resnet152() -> nn.Module:
     )
 
 
+I3_POOLS = ("layer4", "stages")
+I3_STAGE_WIDTHS = (256, 512, 1024, 2048)
+
+
 class I3ResNetEncoder(nn.Module):
-    """(N, 1 or 3, Z, Y, X) in [0, 1] -> (N, 2048): Merlin's axis order, 3 channels, GAP."""
+    """(N, 1 or 3, Z, Y, X) in [0, 1] -> (N, 2048): Merlin's axis order, 3 channels, GAP of layer4.
 
-    embed_dim = 2048
+    ``pool="stages"``: the global averages of layer1..layer4 side by side (N, 3840; the last 2048
+    are the layer4 embedding), for inputs far from CT where earlier, more local stages carry more."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, pool: str = "layer4") -> None:
         super().__init__()
+        if pool not in I3_POOLS:
+            raise ConfigError(f"i3resnet152 pool must be one of {', '.join(I3_POOLS)}, got {pool!r}")
         self.net = net
+        self.pool = pool
+        self.embed_dim = sum(I3_STAGE_WIDTHS) if pool == "stages" else I3_STAGE_WIDTHS[-1]
 
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """layer4 output (N, 2048, Z/16, X/32, Y/32), what the reference encoder returns."""
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
         x = x.transpose(-1, -2)  # (Z, Y, X) -> (Z, X, Y), Merlin's permuted RAS order
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1, -1)
         x = x.contiguous()  # one dense copy (the reference's torch.cat layout) before the stem
         n = self.net
-        x = n.maxpool(n.act(n.bn1(n.conv1(x))))
-        return n.layer4(n.layer3(n.layer2(n.layer1(x))))
+        return n.maxpool(n.act(n.bn1(n.conv1(x))))
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """layer4 output (N, 2048, Z/16, X/32, Y/32), what the reference encoder returns."""
+        n = self.net
+        return n.layer4(n.layer3(n.layer2(n.layer1(self._stem(x)))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.feature_map(x).mean(dim=(2, 3, 4))
+        if self.pool == "layer4":
+            return self.feature_map(x).mean(dim=(2, 3, 4))
+        x, pooled = self._stem(x), []
+        for layer in (self.net.layer1, self.net.layer2, self.net.layer3, self.net.layer4):
+            x = layer(x)
+            pooled.append(x.mean(dim=(2, 3, 4)))  # only the averages are kept, not the stage maps
+        return torch.cat(pooled, dim=1)
 
 
 def i3_backbone_state(state: dict[str, Any]) -> dict[str, Any]:
@@ -118,7 +137,7 @@ def _build_nets(card: ModelCard, state: dict[str, Any] | None, where: Path | str
         net = i3resnet152()
         if state is not None:
             _strict_load(net, i3_backbone_state(state), where)
-        return I3ResNetEncoder(net), None
+        return I3ResNetEncoder(net, pool=str(card.config.get("pool", "layer4"))), None
     if arch == "efficientnet_lite0":
         import timm
 
