@@ -82,8 +82,8 @@ def test_ct_encoder_equals_reference_on_real_ct(ct_model, ct_volume) -> None:
 
 @pytest.mark.slow
 def test_ct_stages_card_on_real_ct_ends_with_the_reference_embedding(ct_model, ct_volume) -> None:
-    """``merlin/i3resnet152-ct-stages``: the same real weights, layer1..layer4 averages side by side;
-    its last 2048 columns are the (reference-checked) embedding above, its first 256 layer1's average."""
+    """``merlin/i3resnet152-ct-stages``: the same real weights, layer1..layer4 averages side by side
+    in that order; its last 2048 columns are the (reference-checked) embedding above."""
     import torch
 
     from medfm.models import create_model
@@ -93,14 +93,17 @@ def test_ct_stages_card_on_real_ct_ends_with_the_reference_embedding(ct_model, c
     got = stages.encode_image(stages.preprocess([ct_volume]))
     assert got.shape == (1, 3840) and stages.card.embed_dim == 3840
     assert _rel_err(got[:, -2048:], ct_model.encode_image(x)) <= 1e-6
-    seen = {}
-    hook = stages.tower.net.layer1.register_forward_hook(lambda _m, _i, o: seen.setdefault("l1", o))
+    net, seen = ct_model.tower.net, {}
+    hooks = [layer.register_forward_hook(lambda _m, _i, o, k=k: seen.__setitem__(k, o.mean(dim=(2, 3, 4))))
+             for k, layer in enumerate((net.layer1, net.layer2, net.layer3, net.layer4))]
     try:
-        stages.encode_image(x)
+        ct_model.encode_image(x)  # the plain card's forward, its stage outputs caught on the way
     finally:
-        hook.remove()
-    assert _rel_err(got[:, :256], seen["l1"].mean(dim=(2, 3, 4))) <= 1e-6
-    assert got[:, :256].abs().sum() > 0 and not torch.equal(got[:, 256:768], got[:, :512])
+        for h in hooks:
+            h.remove()
+    want = torch.cat([seen[k] for k in range(4)], dim=1)
+    assert [seen[k].shape[1] for k in range(4)] == [256, 512, 1024, 2048]
+    assert _rel_err(got, want) <= 1e-6
 
 
 def test_ct_stages_twin_matches_its_layer4_twin_and_is_not_a_default() -> None:
