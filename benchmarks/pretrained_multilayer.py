@@ -54,6 +54,43 @@ def stage_features(adapter, images: np.ndarray, flip: bool, batch: int = 16) -> 
     return np.concatenate(out), widths
 
 
+def probe_grid(feats: dict, flips: dict | None, y: dict, column_sets: dict, cs=CS) -> list[dict]:
+    """A standardised, class-weighted logistic regression per (column set, flip averaging, C),
+    fitted on train; rows sorted by validation AUROC (best first), each with its ``score(split)``.
+    ``flips``: the same features of flipped inputs (train rows doubled, val/test averaged), or None."""
+    rows = []
+    for name, cols in column_sets.items():
+        for tta in (False, True) if flips is not None else (False,):
+            xtr = np.concatenate([feats["train"][:, cols], flips["train"][:, cols]]) if tta else feats["train"][:, cols]
+            ytr = np.concatenate([y["train"], y["train"]]) if tta else y["train"]
+            sc = StandardScaler().fit(xtr)
+            for c in cs:
+                clf = LogisticRegression(C=c, max_iter=5000, class_weight="balanced").fit(sc.transform(xtr), ytr)
+
+                def score(sp: str, clf=clf, sc=sc, cols=cols, tta=tta) -> np.ndarray:
+                    p = clf.predict_proba(sc.transform(feats[sp][:, cols]))[:, 1]
+                    return (p + clf.predict_proba(sc.transform(flips[sp][:, cols]))[:, 1]) / 2 if tta else p
+
+                rows.append({"stages": name, "flip": tta, "C": c, "val": float(roc_auc_score(y["val"], score("val"))),
+                             "score": score})
+    rows.sort(key=lambda r: -r["val"])
+    return rows
+
+
+def read_test(rows: list[dict], y_test: np.ndarray, baseline: str, baseline_label: str) -> dict:
+    """Test AUROC (95% CI) of the setting chosen on val, and of the best ``baseline``-set setting
+    without flips chosen the same way; printed, and returned by label."""
+    last = max((r for r in rows if r["stages"] == baseline and not r["flip"]), key=lambda r: r["val"])
+    out = {}
+    for label, r in (("chosen on val", rows[0]), (baseline_label, last)):
+        m = compute_metrics(y_test, r["score"]("test"), task="binary", n_boot=1000, seed=0)["auroc"]
+        out[label] = {"stages": r["stages"], "flip": r["flip"], "C": r["C"], "val_auroc": r["val"],
+                      "test_auroc": m.value, "ci": [m.ci_low, m.ci_high], "n_test": int(len(y_test))}
+        print(f"{label:16s} {r['stages']:15s} flip={r['flip']!s:5s} C={r['C']:g}: val {r['val']:.3f}  "
+              f"test AUROC {m.value:.3f} [{m.ci_low:.3f}, {m.ci_high:.3f}] (n={len(y_test)})")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="imagenet/efficientnet-lite0")
@@ -70,30 +107,13 @@ def main() -> None:
     y = {sp: d[f"{sp}_labels"].ravel() for sp in ("train", "val", "test")}
     print(f"{a.model}: stage widths {widths}, features {feats['train'].shape[1]}, embedded in {time.perf_counter() - t0:.0f} s")
     edges = np.cumsum([0, *widths])
-    rows = []
-    for name, stages in STAGE_SETS.items():
-        cols = np.concatenate([np.arange(edges[i], edges[i + 1]) for i in stages])
-        for tta in (False, True):
-            xtr = np.concatenate([feats["train"][:, cols], flips["train"][:, cols]]) if tta else feats["train"][:, cols]
-            ytr = np.concatenate([y["train"], y["train"]]) if tta else y["train"]
-            sc = StandardScaler().fit(xtr)
-            for c in CS:
-                clf = LogisticRegression(C=c, max_iter=5000, class_weight="balanced").fit(sc.transform(xtr), ytr)
-
-                def score(sp: str, clf=clf, sc=sc, cols=cols, tta=tta) -> np.ndarray:
-                    p = clf.predict_proba(sc.transform(feats[sp][:, cols]))[:, 1]
-                    return (p + clf.predict_proba(sc.transform(flips[sp][:, cols]))[:, 1]) / 2 if tta else p
-
-                rows.append({"stages": name, "flip": tta, "C": c, "val": roc_auc_score(y["val"], score("val")), "score": score})
-    rows.sort(key=lambda r: -r["val"])
+    column_sets = {name: np.concatenate([np.arange(edges[i], edges[i + 1]) for i in stages])
+                   for name, stages in STAGE_SETS.items()}
+    rows = probe_grid(feats, flips, y, column_sets)
     print("top settings on validation (test not read):")
     for r in rows[:8]:
         print(f"  val {r['val']:.3f}  {r['stages']:11s} flip={r['flip']!s:5s} C={r['C']:g}")
-    last = max((r for r in rows if r["stages"] == "final" and not r["flip"]), key=lambda r: r["val"])
-    for label, r in (("chosen on val", rows[0]), ("last layer only", last)):
-        m = compute_metrics(y["test"], r["score"]("test"), task="binary", n_boot=1000, seed=0)["auroc"]
-        print(f"{label:16s} {r['stages']:11s} flip={r['flip']!s:5s} C={r['C']:g}: val {r['val']:.3f}  "
-              f"test AUROC {m.value:.3f} [{m.ci_low:.3f}, {m.ci_high:.3f}] (n={len(y['test'])})")
+    read_test(rows, y["test"], "final", "last layer only")
 
 
 if __name__ == "__main__":

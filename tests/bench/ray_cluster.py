@@ -29,15 +29,15 @@ LOOPBACK = "127.0.0.2"
 LOOPBACK_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
 
 
-def free_port(taken: set[int] | None = None) -> int:
-    """A port free on every interface (Ray's servers bind all of them) and not in ``taken``."""
+def free_port(taken: set[int]) -> int:
+    """A port free on every interface (Ray's servers bind all of them) and not in ``taken``
+    (the ports already handed to this cluster); added to it."""
     for _ in range(100):
         with socket.socket() as s:
             s.bind(("", 0))
             port = int(s.getsockname()[1])
-        if taken is None or port not in taken:
-            if taken is not None:
-                taken.add(port)
+        if port not in taken:
+            taken.add(port)
             return port
     raise RuntimeError("no free port found")
 
