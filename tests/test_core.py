@@ -104,3 +104,19 @@ def test_one_precision_check_for_every_entry_point() -> None:
         BenchSpec(precision="half")
     with pytest.raises(ConfigError, match="scratch: precision must be"):
         ScratchConfig(precision="fp64")
+
+
+def test_progress_lines_off_a_terminal_say_when_work_starts(capsys) -> None:
+    """Off a terminal the first line comes before the first item (a one-cell bench is otherwise
+    silent for its whole run), the last one after the last."""
+    from medfm._progress import track
+
+    seen = []
+    for x in track([1, 2, 3], desc="cells", unit="cell", live=False):
+        seen.append((x, capsys.readouterr().err))
+    assert seen[0] == (1, "cells: 0/3 started\n")
+    assert capsys.readouterr().err.startswith("cells: done 3 in ")
+    list(track(iter([1]), desc="stream", live=False))
+    assert capsys.readouterr().err.splitlines()[0] == "stream: started"
+    list(track([1], live=False))
+    assert capsys.readouterr().err == ""

@@ -47,6 +47,8 @@ def track(
                 el = time.perf_counter() - start
                 bar.update(task, advance=step, rate=f"{i / el:.1f} {unit}/s" if el > 0 else "")
         return
+    if desc:  # a log shows at once that the work started and how much there is
+        print(f"{desc}: 0/{total} started" if total else f"{desc}: started", file=sys.stderr, flush=True)
     start = last = time.perf_counter()
     i = 0
     for item in items:
