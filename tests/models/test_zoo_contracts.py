@@ -169,6 +169,55 @@ def test_pull_downloads_the_resolved_commit_and_results_name_it(tmp_path: Path, 
     assert asked["resolve"] == ("org/tiny-vit", "main")
 
 
+def test_two_cards_of_one_repo_share_one_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second card reading the same hub repo at the same commit (e.g. the CT encoder and its
+    multi-stage card) is filled from the first card's folder; another commit is downloaded."""
+    from medfm.models import hub
+
+    tiny = create_model("test/vit-tiny-timm", device="cpu")
+    src = save_model(tiny, tiny.card, tmp_path / "src")
+    (src / "model_card.json").unlink()
+    asked = _fake_hub(monkeypatch, tmp_path, src)
+    plain = dataclasses.replace(tiny.card, id="org/tiny-vit", source="org/tiny-vit", revision=None)
+    first = hub.pull(plain)
+    asked.clear()
+    second = hub.pull(dataclasses.replace(plain, id="org/tiny-vit-stages"))
+    assert asked == {"resolve": ("org/tiny-vit", None)}  # resolved, not downloaded again
+    marker = json.loads((second / hub.MARKER).read_text())
+    assert marker["commit"] == SHA and marker["copied_from"] == str(first) and marker["id"] == "org/tiny-vit-stages"
+    assert json.loads((second / hub.CARD_FILE).read_text())["id"] == "org/tiny-vit-stages"
+    weights = sorted(p.name for p in first.iterdir() if p.name.endswith(".safetensors"))
+    assert weights and weights == sorted(p.name for p in second.iterdir() if p.name.endswith(".safetensors"))
+    assert all((first / w).read_bytes() == (second / w).read_bytes() for w in weights)
+    x = tiny.preprocess([np.zeros((28, 28), np.uint8)])
+    torch.testing.assert_close(create_model(str(second), device="cpu").encode_image(x), tiny.encode_image(x))
+    assert hub.pulled_folder_of("org/tiny-vit", "0" * 40) is None  # another commit: nothing to share
+    monkeypatch.setattr(hub, "resolve_revision", lambda repo, revision, token: "0" * 40)
+    asked.clear()
+    hub.pull(dataclasses.replace(plain, id="org/tiny-vit-other"))
+    assert asked["download"] == ("org/tiny-vit", "0" * 40)
+
+
+def test_pull_turns_a_gated_repo_into_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.errors as hf_errors
+
+    from medfm.errors import MissingWeightsError
+    from medfm.models import hub
+
+    _fake_hub(monkeypatch, tmp_path, tmp_path)
+    http = importlib.import_module(hf_errors.Response.__module__.split(".")[0])  # the hub client's HTTP library
+    response = http.Response(403, request=http.Request("GET", "https://huggingface.co/api/models/org/x"))
+
+    def refuse(repo: str, revision: str | None, token: str | None) -> str:
+        raise hf_errors.GatedRepoError("403: access to this repo is restricted", response=response)
+
+    monkeypatch.setattr(hub, "resolve_revision", refuse)
+    card = dataclasses.replace(get_model_card("test/vit-tiny-timm"), id="org/x", source="org/x", license="custom")
+    with pytest.raises(MissingWeightsError, match=r"'org/x' is gated \(custom\): accept its terms at https://huggingface.co/org/x"):
+        hub.pull(card)
+    assert not hub.model_dir("org/x").exists()
+
+
 def test_hf_cache_snapshot_names_its_commit(tmp_path: Path) -> None:
     from medfm.models import hub
 

@@ -187,8 +187,9 @@ def pull(card: ModelCard, token: str | None = None, revision: str | None = None)
 
     ``revision`` (else ``card.revision``, else the default branch) is resolved to a commit
     first and exactly that commit is downloaded; the commit is written to the folder's marker
-    and to its ``model_card.json`` (``revision``), so results made with it can name it.
-    Fails fast (MissingWeightsError) when the hub is switched off or unreachable, and with a
+    and to its ``model_card.json`` (``revision``), so results made with it can name it. When
+    another card's pulled folder already holds that commit of the same repo, its files are
+    hard-linked (or copied) instead of downloaded again. Fails fast (MissingWeightsError) when the hub is switched off or unreachable, and with a
     clear message when a gated repo refuses access.
     """
     rid = repo_id(card)
@@ -202,9 +203,16 @@ def pull(card: ModelCard, token: str | None = None, revision: str | None = None)
     wanted = revision or card.revision
     target = model_dir(card.id)
     part = target.with_name(target.name + ".partial")
-    commit, extras = _download(card, rid, wanted, token, part)
-    _write_marker(part, card, "pull", f"https://huggingface.co/{rid}",
-                  {"revision": wanted, "commit": commit, "extra_repo_commits": extras})
+    if part.exists():
+        shutil.rmtree(part)  # what an interrupted pull left
+    commit = _hub_call(card, rid, wanted, lambda: resolve_revision(rid, wanted, token))
+    sibling = pulled_folder_of(rid, commit, exclude=target)
+    extra = {"revision": wanted, "commit": commit}
+    if sibling is not None:  # another card reads the same repo at this commit: no second download
+        _link_tree(sibling, part)
+        extra["copied_from"] = str(sibling)
+    extra["extra_repo_commits"] = _hub_call(card, rid, wanted, lambda: _download(card, rid, commit, token, part, sibling is None))
+    _write_marker(part, card, "pull", f"https://huggingface.co/{rid}", extra)
     _write_local_card(part, card, commit)
     if target.exists():
         shutil.rmtree(target)  # our own cache entry, replaced by the fresh download
@@ -212,17 +220,41 @@ def pull(card: ModelCard, token: str | None = None, revision: str | None = None)
     return target
 
 
-def _download(card: ModelCard, rid: str, revision: str | None, token: str | None, part: Path) -> tuple[str, dict[str, str]]:
-    """Resolve ``revision`` and download that commit into ``part``; (commit, {extra repo: commit})."""
-    from huggingface_hub import snapshot_download
+def pulled_folder_of(rid: str, commit: str, exclude: Path | None = None) -> Path | None:
+    """A folder in medfm's cache that ``pull`` filled from hub repo ``rid`` at ``commit`` (any
+    card's; cards that read one checkpoint differently share one download), or None."""
+    root = models_root()
+    if not root.is_dir():
+        return None
+    for d in sorted(root.iterdir()):
+        if d == exclude or d.name.endswith(".partial") or not d.is_dir():
+            continue
+        info = _marker(d)
+        src = str(info.get("source") or "")
+        same_repo = (src.split(":", 1)[1] if src.startswith("hf-hub:") else src) == rid
+        if info.get("how") == "pull" and info.get("commit") == commit and same_repo and _has_weights(d):
+            return d
+    return None
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Copy ``src``'s files (not medfm's marker and card) to ``dst``, hard-linked where the disk allows."""
+
+    def link_or_copy(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, copy_function=link_or_copy, ignore=shutil.ignore_patterns(MARKER, CARD_FILE))
+
+
+def _hub_call(card: ModelCard, rid: str, revision: str | None, fn: Any) -> Any:
+    """``fn()`` with the hub's errors turned into MissingWeightsError messages that say what to do."""
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
     try:
-        commit = resolve_revision(rid, revision, token)
-        snapshot_download(rid, revision=commit, local_dir=str(part), token=token)
-        extras = {}
-        for extra in card.extra_repos:  # read at load time from the HF cache (e.g. a tokenizer)
-            extras[extra] = Path(snapshot_download(extra, token=token)).name
+        return fn()
     except GatedRepoError as exc:
         raise MissingWeightsError(
             f"'{card.id}' is gated ({card.license}): accept its terms at https://huggingface.co/{rid} with your "
@@ -232,7 +264,19 @@ def _download(card: ModelCard, rid: str, revision: str | None, token: str | None
         raise MissingWeightsError(f"'{card.id}': hub repo {rid} not found or not accessible ({exc})") from exc
     except HfHubHTTPError as exc:
         raise MissingWeightsError(f"'{card.id}': download from {rid} (revision {revision or 'default'}) failed ({exc})") from exc
-    return commit, extras
+
+
+def _download(card: ModelCard, rid: str, commit: str, token: str | None, part: Path, repo: bool = True) -> dict[str, str]:
+    """Download ``commit`` of the repo into ``part`` (unless ``repo`` is False) and the card's
+    ``extra_repos`` into the Hugging Face cache; returns {extra repo: commit}."""
+    from huggingface_hub import snapshot_download
+
+    if repo:
+        snapshot_download(rid, revision=commit, local_dir=str(part), token=token)
+    extras = {}
+    for extra in card.extra_repos:  # read at load time from the HF cache (e.g. a tokenizer)
+        extras[extra] = Path(snapshot_download(extra, token=token)).name
+    return extras
 
 
 def _write_local_card(folder: Path, card: ModelCard, commit: str) -> None:
