@@ -120,3 +120,26 @@ def test_progress_lines_off_a_terminal_say_when_work_starts(capsys) -> None:
     assert capsys.readouterr().err.splitlines()[0] == "stream: started"
     list(track([1], live=False))
     assert capsys.readouterr().err == ""
+
+
+def test_explicit_bf16_on_a_cpu_without_bf16_units_warns_once(monkeypatch) -> None:
+    import warnings
+
+    import torch
+
+    from medfm import _runtime
+
+    _runtime._warn_slow_bf16.cache_clear()
+    monkeypatch.setattr(_runtime, "cpu_has_fast_bf16", lambda: False)
+    with pytest.warns(RuntimeWarning, match="bf16 is emulated there and can be tens of times slower than fp32"):
+        assert _runtime.autocast_dtype("cpu", "bf16") is torch.bfloat16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _runtime.autocast_dtype("cpu", "bf16") is torch.bfloat16  # once per process
+        assert _runtime.autocast_dtype("cpu", "auto") is None  # auto keeps fp32 there, silently
+        assert _runtime.autocast_dtype("cuda", "bf16") is torch.bfloat16
+    _runtime._warn_slow_bf16.cache_clear()
+    monkeypatch.setattr(_runtime, "cpu_has_fast_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _runtime.autocast_dtype("cpu", "bf16") is torch.bfloat16
