@@ -106,20 +106,35 @@ def test_one_precision_check_for_every_entry_point() -> None:
         ScratchConfig(precision="fp64")
 
 
-def test_progress_lines_off_a_terminal_say_when_work_starts(capsys) -> None:
-    """Off a terminal the first line comes before the first item (a one-cell bench is otherwise
-    silent for its whole run), the last one after the last."""
+def test_progress_off_a_terminal_says_when_slow_work_started_but_not_before_a_fast_error(capsys) -> None:
+    """A one-cell bench was silent in a log for its whole run: one line when the first item takes
+    longer than ``every_s``; an input that fails at once prints nothing (its error stays one line)."""
+    import time
+
     from medfm._progress import track
 
-    seen = []
-    for x in track([1, 2, 3], desc="cells", unit="cell", live=False):
-        seen.append((x, capsys.readouterr().err))
-    assert seen[0] == (1, "cells: 0/3 started\n")
-    assert capsys.readouterr().err.startswith("cells: done 3 in ")
-    list(track(iter([1]), desc="stream", live=False))
-    assert capsys.readouterr().err.splitlines()[0] == "stream: started"
-    list(track([1], live=False))
+    def slow():
+        time.sleep(0.5)
+        yield 1
+        yield 2
+
+    out = list(track(slow(), total=2, desc="cells", unit="cell", live=False, every_s=0.1))
+    assert out == [1, 2]
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "cells: 0/2, the first cell still running after 0.1s" and err[-1].startswith("cells: done 2 in ")
+
+    def failing():
+        raise ValueError("bad input")
+        yield  # pragma: no cover
+
+    with pytest.raises(ValueError):
+        list(track(failing(), desc="cells", live=False, every_s=0.1))
+    time.sleep(0.3)
     assert capsys.readouterr().err == ""
+    list(track([1, 2], desc="fast", live=False, every_s=0.1))
+    time.sleep(0.3)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("fast: done 2 in ")
 
 
 def test_explicit_bf16_on_a_cpu_without_bf16_units_warns_once(monkeypatch) -> None:

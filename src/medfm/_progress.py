@@ -47,18 +47,38 @@ def track(
                 el = time.perf_counter() - start
                 bar.update(task, advance=step, rate=f"{i / el:.1f} {unit}/s" if el > 0 else "")
         return
-    if desc:  # a log shows at once that the work started and how much there is
-        print(f"{desc}: 0/{total} started" if total else f"{desc}: started", file=sys.stderr, flush=True)
     start = last = time.perf_counter()
+    # a log shows that slow work started (a one-cell bench is otherwise silent until it ends); a
+    # timer, so a run that fails fast prints its error line alone
+    notice = _first_item_notice(desc, total, unit, every_s) if desc else None
     i = 0
-    for item in items:
-        yield item
-        i += weight(item) if weight else 1
-        now = time.perf_counter()
-        if now - last >= every_s:
-            last = now
-            of = f"/{total}" if total else ""
-            print(f"{desc}: {i}{of} ({i / (now - start):.1f} {unit}/s)", file=sys.stderr, flush=True)
+    try:
+        for item in items:
+            if notice is not None:
+                notice.cancel()
+                notice = None
+            yield item
+            i += weight(item) if weight else 1
+            now = time.perf_counter()
+            if now - last >= every_s:
+                last = now
+                of = f"/{total}" if total else ""
+                print(f"{desc}: {i}{of} ({i / (now - start):.1f} {unit}/s)", file=sys.stderr, flush=True)
+    finally:
+        if notice is not None:
+            notice.cancel()
     if desc and i:
         el = time.perf_counter() - start
         print(f"{desc}: done {i} in {el:.1f}s", file=sys.stderr, flush=True)
+
+
+def _first_item_notice(desc: str, total: int | None, unit: str, after_s: float) -> Any:
+    """A started timer printing one line if the first item is not done within ``after_s``."""
+    import threading
+
+    of = f"/{total}" if total else ""
+    timer = threading.Timer(after_s, lambda: print(
+        f"{desc}: 0{of}, the first {unit} still running after {after_s:g}s", file=sys.stderr, flush=True))
+    timer.daemon = True
+    timer.start()
+    return timer
