@@ -189,8 +189,8 @@ def pull(card: ModelCard, token: str | None = None, revision: str | None = None)
     first and exactly that commit is downloaded; the commit is written to the folder's marker
     and to its ``model_card.json`` (``revision``), so results made with it can name it. When
     another card's pulled folder already holds that commit of the same repo, its files are
-    hard-linked (or copied) instead of downloaded again. Fails fast (MissingWeightsError) when the hub is switched off or unreachable, and with a
-    clear message when a gated repo refuses access.
+    hard-linked (or copied) instead of downloaded again. Fails fast (MissingWeightsError) when
+    the hub is switched off or unreachable, and with a clear message when a gated repo refuses access.
     """
     rid = repo_id(card)
     if rid is None:
