@@ -158,3 +158,36 @@ def test_explicit_bf16_on_a_cpu_without_bf16_units_warns_once(monkeypatch) -> No
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _runtime.autocast_dtype("cpu", "bf16") is torch.bfloat16
+
+
+def test_source_commit_is_read_at_import_and_marks_uncommitted_changes(tmp_path) -> None:
+    """A long run's records name the commit of the code it imported, not a commit made while it
+    ran (a 63-min bench once recorded a commit made during it); a folder that is not a tracked
+    checkout of medfm (a wheel install inside another repo) names none."""
+    import subprocess
+    import sys
+
+    from medfm._provenance import git_state
+
+    fresh = subprocess.run([sys.executable, "-c", "import medfm._provenance as p; print(p.source_state.cache_info().currsize)"],
+                           capture_output=True, text=True, check=True)
+    assert fresh.stdout.strip() == "1"  # computed by `import medfm`, before any record is made
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path,
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    pkg = tmp_path / "src" / "pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("x = 1\n")
+    git("init", "-q")
+    assert git_state(pkg) == {"commit": None, "dirty": None}  # not tracked yet
+    git("add", "src")
+    git("commit", "-qm", "one")
+    assert git_state(pkg) == {"commit": git("rev-parse", "HEAD"), "dirty": False}
+    (pkg / "__init__.py").write_text("x = 2\n")
+    assert git_state(pkg)["dirty"] is True
+    other = tmp_path / "venv" / "site" / "pkg"  # a copy inside the repo but not tracked by it
+    other.mkdir(parents=True)
+    (other / "__init__.py").write_text("x = 1\n")
+    assert git_state(other) == {"commit": None, "dirty": None}

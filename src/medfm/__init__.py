@@ -14,4 +14,8 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+unknown"
 
+from medfm._provenance import source_state as _source_state
+
+_source_state()  # the source tree's commit as imported (a git checkout only; ~30 ms of `git`)
+
 __all__ = ["__version__"]

@@ -25,17 +25,43 @@ def versions() -> dict[str, str]:
     return out
 
 
+def git_state(folder: Path) -> dict[str, object]:
+    """``{"commit", "dirty"}`` of the git checkout whose tracked files include ``folder``'s
+    ``__init__.py``; both None when it is not one (a wheel install, even inside another repo)."""
+    def git(*args: str) -> subprocess.CompletedProcess | None:
+        try:
+            return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+
+    none = {"commit": None, "dirty": None}
+    tracked = git("ls-files", "--error-unmatch", "__init__.py")
+    if tracked is None or tracked.returncode != 0:
+        return none
+    head, status = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no", "--", ".")
+    if head is None or head.returncode != 0 or not head.stdout.strip():
+        return none
+    dirty = None if status is None or status.returncode != 0 else bool(status.stdout.strip())
+    return {"commit": head.stdout.strip(), "dirty": dirty}
+
+
 @functools.cache
+def source_state() -> dict[str, object]:
+    """The medfm source tree's git state, read once, when medfm is first imported: the code a
+    process runs is what it imported, so a commit made while a long run goes on is not named."""
+    return git_state(Path(__file__).resolve().parent)
+
+
 def git_commit() -> str | None:
     """Commit of the medfm source tree when it is a git checkout (editable installs)."""
-    here = Path(__file__).resolve().parent
-    try:
-        res = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return res.stdout.strip() or None if res.returncode == 0 else None
+    commit = source_state()["commit"]
+    return str(commit) if commit else None
+
+
+def git_dirty() -> bool | None:
+    """Whether the medfm source tree had uncommitted changes to tracked files at import (None: unknown)."""
+    dirty = source_state()["dirty"]
+    return None if dirty is None else bool(dirty)
 
 
 # weights hash -> where those weights came from ({"weights_source", "weights_revision"}),

@@ -20,7 +20,7 @@ from typing import Any
 from medfm import __version__
 from medfm._config import from_dict, to_dict
 from medfm._paths import atomic_write_text
-from medfm._provenance import git_commit, versions, weights_info
+from medfm._provenance import git_commit, git_dirty, versions, weights_info
 from medfm.errors import InputError
 
 
@@ -135,6 +135,7 @@ def make_provenance(
         "data_checksum": data_checksum,
         "weights_hash": weights_hash,
         "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
         **weights_info(weights_hash),
         **more,
     }

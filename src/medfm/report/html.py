@@ -74,7 +74,8 @@ def _dataset_cards(records: Sequence[Record]) -> str:
 def _provenance(spec: dict[str, Any], records: Sequence[Record]) -> str:
     first = records[0].provenance if records else {}
     versions = first.get("versions") or {}
-    commits = sorted({str(r.provenance.get("git_commit")) for r in records})
+    commits = sorted({str(r.provenance.get("git_commit")) + (" (with uncommitted changes)" if r.provenance.get("git_dirty") else "")
+                      for r in records})
     weights = sorted({(r.model, str(r.provenance.get("weights_hash")), str(r.provenance.get("weights_source") or "")) for r in records})
     rows = [("medfm", versions.get("medfm", __version__)), ("git commit", ", ".join(commits))]
     rows += sorted((k, v) for k, v in versions.items() if k != "medfm")

@@ -123,7 +123,7 @@ def train_head(model: str, dataset: str, out: Path, data_dir: str | None = None,
     from sklearn.preprocessing import StandardScaler
 
     from medfm import __version__
-    from medfm._provenance import git_commit, versions
+    from medfm._provenance import git_commit, git_dirty, versions
     from medfm._runtime import configure_threads
     from medfm.data import load_dataset
     from medfm.metrics.classification import compute_metrics
@@ -186,7 +186,8 @@ def train_head(model: str, dataset: str, out: Path, data_dir: str | None = None,
             "config": {"model": model, "dataset": dataset, "shots": shots, "seed": seed, "probe": {"c_grid": list(cfg.c_grid)}},
             "seed": seed, "dataset": ds.card.name, "data_checksums": checksums,
             "n": {"train": len(idx), "val": len(data.val_y), "test": len(data.test_y)},
-            "medfm_version": __version__, "git_commit": git_commit(), "versions": versions(),
+            "medfm_version": __version__, "git_commit": git_commit(),
+            "git_dirty": git_dirty(), "versions": versions(),
             "train_seconds": round(time.perf_counter() - t0, 3),
         },
     }
