@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
@@ -30,7 +31,9 @@ def git_state(folder: Path) -> dict[str, object]:
     ``__init__.py``; both None when it is not one (a wheel install, even inside another repo)."""
     def git(*args: str) -> subprocess.CompletedProcess | None:
         try:
-            return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=5)
+            # no optional locks: `status` must not take index.lock from under a user's own git command
+            env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+            return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=5, env=env)
         except (OSError, subprocess.TimeoutExpired):
             return None
 
