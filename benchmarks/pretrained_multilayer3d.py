@@ -111,7 +111,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3, help="k-shot draws per budget (few-shot mode)")
     a = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    from medfm._provenance import git_commit, versions
+    from medfm._provenance import git_commit, git_dirty, versions
     from medfm.bench.runner import default_context
     from medfm.models.adapters.pretrained_pkg import I3_STAGE_WIDTHS
     from medfm.models.embed import embed_cached
@@ -139,7 +139,7 @@ def main() -> None:
         if a.results:
             out = {"config": {k: str(v) for k, v in vars(a).items()}, "stage_sets": FEW_SETS, "scalings": FEW_SCALINGS,
                    "Cs": list(FEW_CS), "data_checksums": checksums, "weights_hash": adapter.weights_hash,
-                   "versions": versions(), "git_commit": git_commit(),
+                   "versions": versions(), "git_commit": git_commit(), "git_dirty": git_dirty(),
                    "validation": [{k: v for k, v in r.items() if k != "test_scores"} for r in rows], "test": read}
             a.results.write_text(json.dumps(out, indent=1))
             print(f"wrote {a.results}")
@@ -152,7 +152,7 @@ def main() -> None:
     if a.results:
         out = {"config": {k: str(v) for k, v in vars(a).items()}, "stage_sets": STAGE_SETS, "Cs": list(CS),
                "data_checksums": checksums, "weights_hash": adapter.weights_hash, "versions": versions(),
-               "git_commit": git_commit(),
+               "git_commit": git_commit(), "git_dirty": git_dirty(),
                "validation": [{k: v for k, v in r.items() if k != "score"} for r in rows], "test": read}
         a.results.write_text(json.dumps(out, indent=1))
         print(f"wrote {a.results}")
