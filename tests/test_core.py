@@ -114,7 +114,7 @@ def test_progress_off_a_terminal_says_when_slow_work_started_but_not_before_a_fa
     from medfm._progress import track
 
     def slow():
-        time.sleep(0.5)
+        time.sleep(1.0)  # 10x the notice's delay: the timer fires even on a loaded machine
         yield 1
         yield 2
 
