@@ -38,10 +38,14 @@ def model_dir(model_id: str) -> Path:
 
 def repo_id(card: ModelCard) -> str | None:
     """The Hugging Face repo of a card (``hf-hub:`` prefix stripped), or None."""
-    if not card.source:
+    return _source_repo(card.source)
+
+
+def _source_repo(source: str | None) -> str | None:
+    """A card ``source`` as a hub repo id (``hf-hub:`` prefix stripped); None when empty."""
+    if not source:
         return None
-    src = card.source
-    return src.split(":", 1)[1] if src.startswith("hf-hub:") else src
+    return source.split(":", 1)[1] if source.startswith("hf-hub:") else source
 
 
 def hub_offline() -> bool:
@@ -211,7 +215,11 @@ def pull(card: ModelCard, token: str | None = None, revision: str | None = None)
     if sibling is not None:  # another card reads the same repo at this commit: no second download
         _link_tree(sibling, part)
         extra["copied_from"] = str(sibling)
-    extra["extra_repo_commits"] = _hub_call(card, rid, wanted, lambda: _download(card, rid, commit, token, part, sibling is None))
+    else:
+        from huggingface_hub import snapshot_download
+
+        _hub_call(card, rid, wanted, lambda: snapshot_download(rid, revision=commit, local_dir=str(part), token=token))
+    extra["extra_repo_commits"] = _hub_call(card, rid, wanted, lambda: _download_extras(card, token))
     _write_marker(part, card, "pull", f"https://huggingface.co/{rid}", extra)
     _write_local_card(part, card, commit)
     if target.exists():
@@ -230,8 +238,7 @@ def pulled_folder_of(rid: str, commit: str, exclude: Path | None = None) -> Path
         if d == exclude or d.name.endswith(".partial") or not d.is_dir():
             continue
         info = _marker(d)
-        src = str(info.get("source") or "")
-        same_repo = (src.split(":", 1)[1] if src.startswith("hf-hub:") else src) == rid
+        same_repo = _source_repo(info.get("source")) == rid
         if info.get("how") == "pull" and info.get("commit") == commit and same_repo and _has_weights(d):
             return d
     return None
@@ -266,17 +273,12 @@ def _hub_call(card: ModelCard, rid: str, revision: str | None, fn: Any) -> Any:
         raise MissingWeightsError(f"'{card.id}': download from {rid} (revision {revision or 'default'}) failed ({exc})") from exc
 
 
-def _download(card: ModelCard, rid: str, commit: str, token: str | None, part: Path, repo: bool = True) -> dict[str, str]:
-    """Download ``commit`` of the repo into ``part`` (unless ``repo`` is False) and the card's
-    ``extra_repos`` into the Hugging Face cache; returns {extra repo: commit}."""
+def _download_extras(card: ModelCard, token: str | None) -> dict[str, str]:
+    """The card's ``extra_repos`` into the Hugging Face cache (read at load time, e.g. a
+    tokenizer); returns {extra repo: commit}."""
     from huggingface_hub import snapshot_download
 
-    if repo:
-        snapshot_download(rid, revision=commit, local_dir=str(part), token=token)
-    extras = {}
-    for extra in card.extra_repos:  # read at load time from the HF cache (e.g. a tokenizer)
-        extras[extra] = Path(snapshot_download(extra, token=token)).name
-    return extras
+    return {extra: Path(snapshot_download(extra, token=token)).name for extra in card.extra_repos}
 
 
 def _write_local_card(folder: Path, card: ModelCard, commit: str) -> None:
