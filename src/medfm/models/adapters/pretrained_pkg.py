@@ -80,16 +80,22 @@ class I3ResNetEncoder(nn.Module):
         n = self.net
         return n.maxpool(n.act(n.bn1(n.conv1(x))))
 
+    def _stages(self) -> tuple[nn.Module, ...]:
+        n = self.net
+        return n.layer1, n.layer2, n.layer3, n.layer4
+
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """layer4 output (N, 2048, Z/16, X/32, Y/32), what the reference encoder returns."""
-        n = self.net
-        return n.layer4(n.layer3(n.layer2(n.layer1(self._stem(x)))))
+        x = self._stem(x)
+        for layer in self._stages():
+            x = layer(x)
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pool == "layer4":
             return self.feature_map(x).mean(dim=(2, 3, 4))
         x, pooled = self._stem(x), []
-        for layer in (self.net.layer1, self.net.layer2, self.net.layer3, self.net.layer4):
+        for layer in self._stages():
             x = layer(x)
             pooled.append(x.mean(dim=(2, 3, 4)))  # only the averages are kept, not the stage maps
         return torch.cat(pooled, dim=1)
