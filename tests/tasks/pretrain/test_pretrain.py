@@ -143,6 +143,26 @@ def test_folder_images_resizes_when_asked(tmp_path) -> None:
     assert folder_images(tmp_path, image_size=28).shape == (3, 1, 28, 28)
 
 
+def test_image_size_resizes_what_the_encoder_trains_on(tmp_path, monkeypatch) -> None:
+    """``image_size`` is the size the encoder sees in training, as its card (and inference) say."""
+    import medfm.tasks.pretrain.trainer as trainer
+
+    seen: list[tuple[int, ...]] = []
+    build = trainer.build_native_encoder
+
+    def recording(*args):  # noqa: ANN002, ANN202
+        enc = build(*args)
+        enc.register_forward_pre_hook(lambda _m, inp: seen.append(tuple(inp[0].shape[2:])))
+        return enc
+
+    monkeypatch.setattr(trainer, "build_native_encoder", recording)
+    cfg = PretrainConfig(method="simclr", arch="resnet18", epochs=1, batch_size=8, minutes=None, image_size=16)
+    res = pretrain(_images(size=28), cfg, tmp_path, show_progress=False)
+    assert seen and set(seen) == {(16, 16)}
+    assert res.card.config["image_size"] == 16
+    assert tuple(load_native_model(res.folder).preprocess(list(_images(2, size=28))).shape[2:]) == (16, 16)
+
+
 def test_distill_into_small_student(tmp_path) -> None:
     from medfm.models import create_model
     from medfm.tasks.pretrain import DistillConfig

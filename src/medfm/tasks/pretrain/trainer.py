@@ -68,6 +68,19 @@ def to_unit(images: np.ndarray) -> torch.Tensor:
     return (t - lo) / (hi - lo) if hi > lo else torch.zeros_like(t)
 
 
+def resize_to(data: torch.Tensor, size: int, chunk: int = 64) -> torch.Tensor:
+    """(N, C, *spatial) -> (N, C, size, ...) by (bi/tri)linear interpolation, as the saved encoder's
+    ``preprocess`` resizes at inference; a no-op at the native size. Chunked to bound memory."""
+    nd = data.ndim - 2
+    if tuple(data.shape[2:]) == (size,) * nd:
+        return data
+    import torch.nn.functional as F
+
+    mode = "bilinear" if nd == 2 else "trilinear"
+    return torch.cat([F.interpolate(data[i:i + chunk], size=(size,) * nd, mode=mode, align_corners=False)
+                      for i in range(0, len(data), chunk)])
+
+
 def make_view_fn(transform: Any, size: int, ndim: int) -> Any:
     """Batch (N, C, ...) in [0, 1] -> augmented, normalised batch ((x - 0.5) / 0.5)."""
 
@@ -119,7 +132,7 @@ def pretrain(
     method = build_method(cfg.method, encoder, cfg.arch, ndim, cfg).to(device)
     params = [p for p in method.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    data = to_unit(images)
+    data = resize_to(to_unit(images), size)
     n = len(data)
     batch = min(cfg.batch_size, n)
     steps_per_epoch = max(1, n // batch)  # drop the last incomplete batch (contrastive losses)
