@@ -9,7 +9,7 @@ AUROC, and lifts the few-shot curve at k <= 10." Also runnable on AdrenalMNIST3D
         --epochs 8 --batch-size 32   # 3D ResNet-18: ~1.7-2.3 min per epoch on 1 thread
 
 Prints, from one run: linear-probe test AUROC (95% bootstrap CI) of the random-init and the
-pretrained encoder, their difference, and the few-shot (k = 1, 2, 4, 8; 5 seeds) mean test AUROC
+pretrained encoder, their difference, and the few-shot (``--shots``, default k = 1, 2, 4, 8; ``--seeds`` draws) mean test AUROC
 of both. Labels are used only by the probes, never by pretraining. Settings are the run's flags;
 no choice is made on the test split: the per-epoch loss and the probes' validation AUROC (at the
 C chosen on val) are printed so that settings can be compared on validation only. ``--results``
@@ -40,12 +40,14 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--out", type=Path, default=None, help="keep the pretraining run here (default: a temp folder)")
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--shots", default="1,2,4,8", help="labels per class of the few-shot draws (comma-separated)")
     ap.add_argument("--image-size", type=int, default=None, help="resize to this size (default: native)")
     ap.add_argument("--precision", default="auto", help="auto | bf16 | fp32 (pretraining)")
     ap.add_argument("--results", type=Path, default=None, help="write the results as JSON here")
     ap.add_argument("--encoder", type=Path, default=None,
                     help="evaluate this finished pretraining (OUT/pretrain/encoder) instead of pretraining again")
     args = ap.parse_args()
+    shots = [int(k) for k in args.shots.split(",")]
 
     from medfm.data import load_dataset
     from medfm.metrics.classification import compute_metrics
@@ -95,21 +97,26 @@ def main() -> None:
         full = compute_metrics(pred.test_y, pred.test_scores, task, n_boot=1000, seed=0)["auroc"]
         val = compute_metrics(feats.val_y, pred.val_scores, task, n_boot=0)["auroc"].value
         few = {}
-        for k in (1, 2, 4, 8):
+        for k in shots:
             vals = []
             for seed in range(args.seeds):
                 for proto in ("linear_probe", "prototype"):
                     p = PROTOCOLS.get(proto)
                     pr = p.run(feats, p.make_config({}), seed=seed, shots=k)
-                    vals.append((proto, compute_metrics(pr.test_y, pr.test_scores, task, n_boot=0)["auroc"].value))
-            few[k] = {proto: float(np.mean([v for q, v in vals if q == proto])) for proto in ("linear_probe", "prototype")}
+                    vals.append((proto, compute_metrics(pr.test_y, pr.test_scores, task, n_boot=0)["auroc"].value,
+                                 compute_metrics(feats.val_y, pr.val_scores, task, n_boot=0)["auroc"].value))
+            few[k] = {proto: float(np.mean([v for q, v, _ in vals if q == proto])) for proto in ("linear_probe", "prototype")}
+            # validation AUROC of the same draws: the only basis for choosing between the two protocols
+            few[k].update({f"{proto}_val": float(np.mean([w for q, _, w in vals if q == proto]))
+                           for proto in ("linear_probe", "prototype")})
         results[name] = (full, few, val, pred.info["C"])
         print(f"{name:12s} linear probe val AUROC {val:.3f} (C={pred.info['C']:g})  "
               f"test AUROC {full.value:.3f} [{full.ci_low:.3f}, {full.ci_high:.3f}]  "
-              + "  ".join(f"k={k}: lp {v['linear_probe']:.3f} / proto {v['prototype']:.3f}" for k, v in few.items()))
+              + "  ".join(f"k={k}: lp {v['linear_probe']:.3f} (val {v['linear_probe_val']:.3f}) / proto "
+                          f"{v['prototype']:.3f} (val {v['prototype_val']:.3f})" for k, v in few.items()))
     gain = results["pretrained"][0].value - results["random-init"][0].value
     print(f"gain (pretrained - random-init) linear-probe test AUROC: {gain:+.3f} (goal >= +0.05)")
-    for k in (1, 2, 4, 8):
+    for k in shots:
         g = {p: results["pretrained"][1][k][p] - results["random-init"][1][k][p] for p in ("linear_probe", "prototype")}
         print(f"few-shot k={k}: gain linear probe {g['linear_probe']:+.3f}, prototype {g['prototype']:+.3f}")
     print(f"evaluation CPU time {time.process_time() - cpu0:.0f}s; pretraining {res.seconds:.0f}s wall")

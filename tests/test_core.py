@@ -123,6 +123,16 @@ def test_progress_off_a_terminal_says_when_slow_work_started_but_not_before_a_fa
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "cells: 0/2, the first cell still running after 0.1s" and err[-1].startswith("cells: done 2 in ")
 
+    # the slow part in the loop body (an epoch loop over range(epochs)): the same one line
+    for _ in track(range(2), desc="epochs", unit="epoch", live=False, every_s=0.1):
+        time.sleep(1.0)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "epochs: 0/2, the first epoch still running after 0.1s" and err[-1].startswith("epochs: done 2 in ")
+
+    with pytest.raises(ValueError):  # a loop body failing at once on the first item: silent
+        for _ in track(range(2), desc="epochs", live=False, every_s=0.1):
+            raise ValueError("bad input")
+
     def failing():
         raise ValueError("bad input")
         yield  # pragma: no cover

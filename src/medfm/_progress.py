@@ -48,16 +48,16 @@ def track(
                 bar.update(task, advance=step, rate=f"{i / el:.1f} {unit}/s" if el > 0 else "")
         return
     start = last = time.perf_counter()
-    # a log shows that slow work started (a one-cell bench is otherwise silent until it ends); a
-    # timer, so a run that fails fast prints its error line alone
+    # a log shows that slow work started (a one-cell bench, or one epoch, is otherwise silent until
+    # it ends); a timer, so a run that fails fast prints its error line alone
     notice = _first_item_notice(desc, total, unit, every_s) if desc else None
     i = 0
     try:
         for item in items:
-            if notice is not None:
+            yield item
+            if notice is not None:  # the first item is done (fetched and consumed: either may be the slow part)
                 notice.cancel()
                 notice = None
-            yield item
             i += weight(item) if weight else 1
             now = time.perf_counter()
             if now - last >= every_s:

@@ -8,6 +8,7 @@ ResNet), ``resnet18`` 3D (MONAI), ``vit-tiny`` / ``vit-small`` (timm 2D, MONAI 3
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,13 +28,28 @@ _VIT_WIDTH = {"vit-tiny": (192, 3), "vit-small": (384, 6)}
 
 
 def _patch_size(image_size: int) -> int:
+    """ViT patch of 2D images (and of 3D ViTs saved before cards recorded ``patch_size``)."""
     return 4 if image_size <= 64 else (8 if image_size <= 128 else 16)
 
 
-def build_native_encoder(arch: str, in_channels: int, ndim: int, image_size: int) -> torch.nn.Module:
+def _patch_size_3d(image_size: int) -> int:
+    """ViT patch of 3D volumes: the smallest of 4 / 8 / 16 / 32 that divides the size and leaves at
+    most 8^3 = 512 tokens (the 2D rule's patch 4 makes 4,096 tokens of a 64^3 volume, whose
+    attention maps alone need ~25 GB per layer at batch 128)."""
+    for patch in (4, 8, 16, 32):
+        if image_size % patch == 0 and (image_size // patch) ** 3 <= 512:
+            return patch
+    return _patch_size(image_size)
+
+
+def build_native_encoder(
+    arch: str, in_channels: int, ndim: int, image_size: int, patch_size: int | None = None,
+) -> torch.nn.Module:
     """Build an encoder mapping (N, C, H, W) or (N, C, D, H, W) -> (N, embed_dim).
 
-    The module has an ``embed_dim`` attribute. Raises ConfigError for unknown combinations.
+    The module has an ``embed_dim`` attribute (ViTs also ``patch_size``, which
+    ``save_native_model`` writes into the card; None: the default for the size and ndim).
+    Raises ConfigError for unknown combinations.
     """
     from torch import nn
 
@@ -61,7 +77,7 @@ def build_native_encoder(arch: str, in_channels: int, ndim: int, image_size: int
         net.embed_dim = 512
         return net
     width, heads = _VIT_WIDTH[arch]
-    patch = _patch_size(image_size)
+    patch = patch_size or (_patch_size(image_size) if ndim == 2 else _patch_size_3d(image_size))
     if image_size % patch:
         raise ConfigError(f"{arch}: image size {image_size} is not a multiple of the patch size {patch}")
     if ndim == 2:
@@ -71,7 +87,7 @@ def build_native_encoder(arch: str, in_channels: int, ndim: int, image_size: int
             img_size=image_size, patch_size=patch, in_chans=in_channels, num_classes=0,
             embed_dim=width, depth=12, num_heads=heads, global_pool="avg", class_token=True,
         )
-        net.embed_dim = width
+        net.embed_dim, net.patch_size = width, patch
         return net
     from monai.networks.nets import ViT
 
@@ -82,7 +98,7 @@ def build_native_encoder(arch: str, in_channels: int, ndim: int, image_size: int
                 in_channels=in_channels, img_size=(image_size,) * 3, patch_size=patch, hidden_size=width,
                 mlp_dim=width * 4, num_layers=12, num_heads=heads, classification=False, spatial_dims=3,
             )
-            self.embed_dim = width
+            self.embed_dim, self.patch_size = width, patch
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             tokens, _ = self.vit(x)
@@ -116,6 +132,8 @@ def save_native_model(module: torch.nn.Module, card: ModelCard, folder: str | Pa
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if getattr(module, "patch_size", None) is not None and "patch_size" not in card.config:
+        card = dataclasses.replace(card, config={**card.config, "patch_size": int(module.patch_size)})
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     with atomic_path(folder / "model.safetensors") as tmp:
         save_file(state, str(tmp))
@@ -198,7 +216,9 @@ def build(card: ModelCard, folder: Path | None, weights: Path | None, device: st
     from safetensors.torch import load_file
 
     c = card.config
-    module = build_native_encoder(card.arch or "", int(c["in_channels"]), int(c["ndim"]), int(c["image_size"]))
+    # cards written before ``patch_size`` was recorded used the 2D rule in 3D too
+    patch = int(c.get("patch_size") or _patch_size(int(c["image_size"])))
+    module = build_native_encoder(card.arch or "", int(c["in_channels"]), int(c["ndim"]), int(c["image_size"]), patch)
     wfile = weights if weights is not None else (folder / "model.safetensors" if folder is not None else None)
     if wfile is None or not wfile.is_file():
         raise MissingWeightsError(f"{folder or card.id}: model.safetensors is missing (an incomplete or interrupted save?)")

@@ -176,3 +176,30 @@ def test_distill_into_small_student(tmp_path) -> None:
     student = load_native_model(res.folder)
     assert student.card.config["teacher"] == teacher.card.id
     assert student.encode_image(student.preprocess(list(rgb[:3]))).shape == (3, 512)
+
+
+def test_3d_vit_patch_keeps_tokens_bounded_and_old_cards_load(tmp_path) -> None:
+    """A 64^3 ViT gets patch 8 (512 tokens, not 4,096); its card records the patch, and a card
+    written before that (no ``patch_size``: patch 4 at 64^3) still rebuilds its own architecture."""
+    import json
+
+    from medfm.models.native import build_native_encoder, native_card, save_native_model
+
+    enc = build_native_encoder("vit-tiny", 1, 3, 64)
+    assert enc.patch_size == 8 and enc.vit.patch_embedding.n_patches == 512
+    assert build_native_encoder("vit-tiny", 1, 3, 28).patch_size == 4  # unchanged where the old rule was small
+    assert build_native_encoder("vit-tiny", 1, 2, 64).patch_size == 4  # 2D unchanged
+    folder = save_native_model(enc, native_card("t/vit3d", "vit-tiny", 1, 3, 64, enc.embed_dim), tmp_path / "new")
+    assert json.loads((folder / "model_card.json").read_text())["config"]["patch_size"] == 8
+    vol = np.random.default_rng(0).random((1, 64, 64, 64), dtype=np.float32)
+    adapter = load_native_model(folder)
+    batch = adapter.preprocess([vol])
+    with torch.no_grad():
+        assert torch.allclose(adapter.encode_image(batch), enc.eval()(batch), atol=1e-5)
+
+    old = build_native_encoder("vit-tiny", 1, 3, 64, patch_size=4)
+    folder = save_native_model(old, native_card("t/old", "vit-tiny", 1, 3, 64, old.embed_dim), tmp_path / "old")
+    card = json.loads((folder / "model_card.json").read_text())
+    del card["config"]["patch_size"]
+    (folder / "model_card.json").write_text(json.dumps(card))
+    assert load_native_model(folder).module.patch_size == 4
