@@ -128,6 +128,10 @@ def test_progress_off_a_terminal_says_when_slow_work_started_but_not_before_a_fa
         time.sleep(1.0)
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "epochs: 0/2, the first epoch still running after 0.1s" and err[-1].startswith("epochs: done 2 in ")
+    from medfm._progress import _rate
+
+    assert _rate(4, 3222.0, "epoch") == "806 s/epoch"  # a slow unit as seconds per unit, not "0.0 epoch/s"
+    assert _rate(50, 4.0, "img") == "12.5 img/s"
 
     with pytest.raises(ValueError):  # a loop body failing at once on the first item: silent
         for _ in track(range(2), desc="epochs", live=False, every_s=0.1):

@@ -45,7 +45,7 @@ def track(
                 step = weight(item) if weight else 1
                 i += step
                 el = time.perf_counter() - start
-                bar.update(task, advance=step, rate=f"{i / el:.1f} {unit}/s" if el > 0 else "")
+                bar.update(task, advance=step, rate=_rate(i, el, unit) if el > 0 else "")
         return
     start = last = time.perf_counter()
     # a log shows that slow work started (a one-cell bench, or one epoch, is otherwise silent until
@@ -63,13 +63,18 @@ def track(
             if now - last >= every_s:
                 last = now
                 of = f"/{total}" if total else ""
-                print(f"{desc}: {i}{of} ({i / (now - start):.1f} {unit}/s)", file=sys.stderr, flush=True)
+                print(f"{desc}: {i}{of} ({_rate(i, now - start, unit)})", file=sys.stderr, flush=True)
     finally:
         if notice is not None:
             notice.cancel()
     if desc and i:
         el = time.perf_counter() - start
         print(f"{desc}: done {i} in {el:.1f}s", file=sys.stderr, flush=True)
+
+
+def _rate(n: int, seconds: float, unit: str) -> str:
+    """"12.3 img/s", or "805 s/epoch" for slow units (where the first would print "0.0 epoch/s")."""
+    return f"{n / seconds:.1f} {unit}/s" if n >= 0.1 * seconds else f"{seconds / n:.0f} s/{unit}"
 
 
 def _first_item_notice(desc: str, total: int | None, unit: str, after_s: float) -> Any:
