@@ -6,7 +6,11 @@ AUROC, and lifts the few-shot curve at k <= 10." Also runnable on AdrenalMNIST3D
 
     MEDFM_DATA=../shared/data python benchmarks/ssl_breastmnist.py --minutes 15 --method simclr --arch resnet18
     MEDFM_DATA=../shared/data python benchmarks/ssl_breastmnist.py --dataset adrenalmnist3d --minutes 15 \
-        --epochs 8 --batch-size 32   # 3D ResNet-18: ~1.7-2.3 min per epoch on 1 thread
+        --epochs 8 --batch-size 32   # 3D ResNet-18 at 28^3: ~1.7-2.3 min per epoch on 1 thread
+    # AdrenalMNIST3D 64^3, 1 / 4 / 16 labels per class, a finished `medfm pretrain` run (docs/pretrained.md):
+    #   ~13.5 min per SimCLR epoch on 2 threads of a CPU without AMX
+    MEDFM_DATA=../shared/data python benchmarks/ssl_breastmnist.py --dataset adrenalmnist3d_64 \
+        --encoder runs/ssl64/pretrain/encoder --shots 1,4,16 --seeds 3
 
 Prints, from one run: linear-probe test AUROC (95% bootstrap CI) of the random-init and the
 pretrained encoder, their difference, and the few-shot (``--shots``, default k = 1, 2, 4, 8; ``--seeds`` draws) mean test AUROC

@@ -132,6 +132,7 @@ def test_progress_off_a_terminal_says_when_slow_work_started_but_not_before_a_fa
 
     assert _rate(4, 3222.0, "epoch") == "806 s/epoch"  # a slow unit as seconds per unit, not "0.0 epoch/s"
     assert _rate(50, 4.0, "img") == "12.5 img/s"
+    assert _rate(0, 4.0, "img") == "0 img"  # weight-0 items so far: no division by zero
 
     with pytest.raises(ValueError):  # a loop body failing at once on the first item: silent
         for _ in track(range(2), desc="epochs", live=False, every_s=0.1):

@@ -74,6 +74,8 @@ def track(
 
 def _rate(n: int, seconds: float, unit: str) -> str:
     """"12.3 img/s", or "805 s/epoch" for slow units (where the first would print "0.0 epoch/s")."""
+    if n <= 0:  # items of weight 0 so far
+        return f"0 {unit}"
     return f"{n / seconds:.1f} {unit}/s" if n >= 0.1 * seconds else f"{seconds / n:.0f} s/{unit}"
 
 
