@@ -28,7 +28,7 @@ from medfm.models.base import ModelAdapter
 from medfm.models.card import ModelCard
 from medfm.models.native import build_native_encoder, native_card, save_native_model
 from medfm.tasks.pretrain.config import DistillConfig
-from medfm.tasks.pretrain.trainer import check_images, to_unit
+from medfm.tasks.pretrain.trainer import check_images, resize_to, to_unit
 
 
 @dataclass
@@ -77,7 +77,7 @@ def distill(
     order = rng.permutation(len(images))
     n_val = max(1, int(round(cfg.val_fraction * len(images))))
     val_idx, train_idx = order[:n_val], order[n_val:]
-    x = _student_inputs(images, ndim, size, native)
+    x = _student_inputs(images, size)
 
     torch.manual_seed(cfg.seed)
     student = build_native_encoder(cfg.student, int(images.shape[1]), ndim, size)
@@ -132,13 +132,9 @@ def _distill_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return nn.functional.mse_loss(pred, target) + (1 - nn.functional.cosine_similarity(pred, target, dim=1)).mean()
 
 
-def _student_inputs(images: np.ndarray, ndim: int, size: int, native: int) -> torch.Tensor:
-    """Images in [-1, 1] at the student's size (bilinear / trilinear when it differs from native)."""
-    x = to_unit(images)
-    if size != native:
-        mode = "bilinear" if ndim == 2 else "trilinear"
-        x = torch.nn.functional.interpolate(x, size=(size,) * ndim, mode=mode, align_corners=False)
-    return (x - 0.5) / 0.5
+def _student_inputs(images: np.ndarray, size: int) -> torch.Tensor:
+    """Images in [-1, 1] at the student's size (resized as in pretraining when it differs from native)."""
+    return (resize_to(to_unit(images), size) - 0.5) / 0.5
 
 
 def _train_epoch(

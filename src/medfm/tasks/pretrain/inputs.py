@@ -11,12 +11,10 @@ from medfm.errors import ConfigError, InputError
 
 def _resize(a: np.ndarray, size: int) -> np.ndarray:
     import torch
-    import torch.nn.functional as F
 
-    nd = a.ndim - 1
-    t = torch.from_numpy(a.astype(np.float32))[None]
-    mode = "bilinear" if nd == 2 else "trilinear"
-    return F.interpolate(t, size=(size,) * nd, mode=mode, align_corners=False)[0].numpy()
+    from medfm.tasks.pretrain.trainer import resize_to
+
+    return resize_to(torch.from_numpy(a.astype(np.float32))[None], size)[0].numpy()
 
 
 def _unit(a: np.ndarray) -> np.ndarray:
