@@ -202,6 +202,17 @@ def test_source_commit_is_read_at_import_and_marks_uncommitted_changes(tmp_path)
     assert git_state(pkg) == {"commit": git("rev-parse", "HEAD"), "dirty": False}
     (pkg / "__init__.py").write_text("x = 2\n")
     assert git_state(pkg)["dirty"] is True
+    git("commit", "-qam", "two")
+    bench, doc = tmp_path / "benchmarks" / "b.py", tmp_path / "docs" / "d.md"
+    for f in (bench, doc):
+        f.parent.mkdir()
+        f.write_text("1\n")
+    git("add", "benchmarks", "docs")
+    git("commit", "-qm", "three")
+    doc.write_text("2\n")
+    assert git_state(pkg)["dirty"] is False  # docs do not produce results
+    bench.write_text("2\n")
+    assert git_state(pkg)["dirty"] is True  # a benchmark script does
     other = tmp_path / "venv" / "site" / "pkg"  # a copy inside the repo but not tracked by it
     other.mkdir(parents=True)
     (other / "__init__.py").write_text("x = 1\n")

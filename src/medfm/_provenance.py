@@ -28,7 +28,9 @@ def versions() -> dict[str, str]:
 
 def git_state(folder: Path) -> dict[str, object]:
     """``{"commit", "dirty"}`` of the git checkout whose tracked files include ``folder``'s
-    ``__init__.py``; both None when it is not one (a wheel install, even inside another repo)."""
+    ``__init__.py``; both None when it is not one (a wheel install, even inside another repo).
+    ``dirty``: uncommitted changes to tracked files under ``folder`` or the checkout's top-level
+    ``benchmarks/`` (whose scripts produce results too); docs and tests do not count."""
     def git(*args: str) -> subprocess.CompletedProcess | None:
         try:
             # no optional locks: `status` must not take index.lock from under a user's own git command
@@ -41,7 +43,7 @@ def git_state(folder: Path) -> dict[str, object]:
     tracked = git("ls-files", "--error-unmatch", "__init__.py")
     if tracked is None or tracked.returncode != 0:
         return none
-    head, status = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no", "--", ".")
+    head, status = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(top)benchmarks")
     if head is None or head.returncode != 0 or not head.stdout.strip():
         return none
     dirty = None if status is None or status.returncode != 0 else bool(status.stdout.strip())

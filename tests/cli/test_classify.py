@@ -72,6 +72,9 @@ def test_train_cls_saves_head_with_metrics_and_provenance(trained, capsys) -> No
     prov = doc["provenance"]
     assert prov["seed"] == 1 and prov["n"]["train"] == 40 and prov["config"]["shots"] == 20
     assert set(prov["data_checksums"]) == {"train", "val", "test"} and "numpy" in prov["versions"]
+    # the same provenance block as every bench Record: the weights' hash and source, the commit
+    assert prov["weights_hash"] == doc["encoder"]["weights_hash"] and prov["weights_source"]
+    assert {"git_commit", "git_dirty", "data_checksum"} <= set(prov)
     # the saved head reproduces the recorded test AUROC on the cached test embeddings
     from medfm.metrics.classification import point_metric
 

@@ -110,3 +110,31 @@ def test_every_command_help_renders(capsys) -> None:
     for argv in paths:
         assert main([*argv, "--help"]) == 0, argv
         assert "Usage" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("tty,threads_arg", [(True, None), (False, None), (True, "2")])
+def test_fewer_threads_than_cores_is_said_on_a_terminal(monkeypatch, capsys, tty: bool, threads_arg: str | None) -> None:
+    """On a busy machine medfm takes fewer threads than cores; an interactive user is told so
+    (once, with the override), a log or a test capturing stderr is not, nor is an explicit choice."""
+    import os
+    import sys
+
+    import torch
+
+    for var in ("MEDFM_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.setenv(var, "0")  # recorded, so what main() sets is undone after the test
+        monkeypatch.delenv(var)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 1.0, 1.0))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
+    before = torch.get_num_threads()
+    try:
+        assert main([*(["--threads", threads_arg] if threads_arg else []), "info", "--help"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    err = capsys.readouterr().err
+    if tty and threads_arg is None:
+        assert os.environ["MEDFM_THREADS"] == "1"
+        assert "using 1 of 2 CPU threads" in err and "load average 1.2" in err and "--threads 2" in err
+    else:
+        assert "CPU threads" not in err

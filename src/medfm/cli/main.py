@@ -69,7 +69,13 @@ def _root(
     from medfm._runtime import default_threads
 
     # set before any command imports torch, which reads OMP_NUM_THREADS once at import
+    chosen = threads or any(os.environ.get(v, "").isdigit() and int(os.environ[v]) > 0 for v in ("MEDFM_THREADS", "OMP_NUM_THREADS"))
     n = threads or default_threads()
+    cores = os.cpu_count() or 1
+    if not chosen and n < cores and sys.stderr.isatty():
+        # a long run started just after another job ends would otherwise get fewer threads silently
+        print(f"medfm: using {n} of {cores} CPU threads (the others looked busy: load average "
+              f"{os.getloadavg()[0]:.1f}); --threads {cores} to use them all", file=sys.stderr)
     os.environ["MEDFM_THREADS"] = str(n)
     os.environ.setdefault("OMP_NUM_THREADS", str(n))
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -123,12 +123,12 @@ def train_head(model: str, dataset: str, out: Path, data_dir: str | None = None,
     from sklearn.preprocessing import StandardScaler
 
     from medfm import __version__
-    from medfm._provenance import git_commit, git_dirty, versions
     from medfm._runtime import configure_threads
     from medfm.data import load_dataset
     from medfm.metrics.classification import compute_metrics
     from medfm.models import create_model
     from medfm.models.embed import EmbeddingCache, embed_cached, split_images
+    from medfm.results import make_provenance
     from medfm.tasks.classification import linear_probe
     from medfm.tasks.classification._common import as_float
     from medfm.tasks.classification.data import FeatureSplits, train_indices
@@ -182,14 +182,14 @@ def train_head(model: str, dataset: str, out: Path, data_dir: str | None = None,
         "hyperparameters": {"C": best_c, "val_auroc_by_C": pred.info["val_auroc_by_C"], "standardize": cfg.standardize,
                             "class_weight": cfg.class_weight, "max_iter": cfg.max_iter, "selected_on": "val"},
         "metrics": {"val": metrics(data.val_y, val_p), "test": metrics(data.test_y, test_p), "n_boot": n_boot, "ci": 0.95},
-        "provenance": {
-            "config": {"model": model, "dataset": dataset, "shots": shots, "seed": seed, "probe": {"c_grid": list(cfg.c_grid)}},
-            "seed": seed, "dataset": ds.card.name, "data_checksums": checksums,
-            "n": {"train": len(idx), "val": len(data.val_y), "test": len(data.test_y)},
-            "medfm_version": __version__, "git_commit": git_commit(),
-            "git_dirty": git_dirty(), "versions": versions(),
-            "train_seconds": round(time.perf_counter() - t0, 3),
-        },
+        # the same block as every Record (weights source and hub commit included), plus the per-split checksums
+        "provenance": make_provenance(
+            {"model": model, "dataset": dataset, "shots": shots, "seed": seed, "probe": {"c_grid": list(cfg.c_grid)}},
+            data_checksum=checksums["train"], weights_hash=adapter.weights_hash,
+            seed=seed, dataset=ds.card.name, data_checksums=checksums,
+            n={"train": len(idx), "val": len(data.val_y), "test": len(data.test_y)},
+            medfm_version=__version__, train_seconds=round(time.perf_counter() - t0, 3),
+        ),
     }
     head.save(out, meta)
     return {**head.meta, "out": str(out)}
