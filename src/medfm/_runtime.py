@@ -34,6 +34,14 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def env_threads() -> int | None:
+    """The thread count the user set (``MEDFM_THREADS``, else ``OMP_NUM_THREADS``); None if neither."""
+    for var in ("MEDFM_THREADS", "OMP_NUM_THREADS"):
+        if os.environ.get(var, "").isdigit() and int(os.environ[var]) > 0:
+            return int(os.environ[var])
+    return None
+
+
 def default_threads() -> int:
     """Threads for torch: ``MEDFM_THREADS`` (``medfm --threads``), else ``OMP_NUM_THREADS``,
     else the cores not already busy (cores minus the 1-minute load average, at least 1).
@@ -41,9 +49,9 @@ def default_threads() -> int:
     medfm does not assume it owns the machine: on a shared 2-core machine two processes each
     using 2 threads fight (spin-waiting threads, up to 10x slower), so a busy machine gets fewer.
     """
-    for var in ("MEDFM_THREADS", "OMP_NUM_THREADS"):
-        if os.environ.get(var, "").isdigit() and int(os.environ[var]) > 0:
-            return int(os.environ[var])
+    n = env_threads()
+    if n:
+        return n
     cores = os.cpu_count() or 1
     try:
         busy = round(os.getloadavg()[0])

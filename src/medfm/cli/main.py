@@ -66,10 +66,10 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     _state["debug"] = debug
-    from medfm._runtime import default_threads
+    from medfm._runtime import default_threads, env_threads
 
     # set before any command imports torch, which reads OMP_NUM_THREADS once at import
-    chosen = threads or any(os.environ.get(v, "").isdigit() and int(os.environ[v]) > 0 for v in ("MEDFM_THREADS", "OMP_NUM_THREADS"))
+    chosen = threads or env_threads()
     n = threads or default_threads()
     cores = os.cpu_count() or 1
     if not chosen and n < cores and sys.stderr.isatty():
